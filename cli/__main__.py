@@ -1,0 +1,3 @@
+from flowlog.cli.main import main
+
+main(prog_name="flowlog")

@@ -1,0 +1,229 @@
+"""The ``flowlog`` command: a thin layer over flowlog.core."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import click
+
+from flowlog.core import __version__
+from flowlog.core.api import SinkOptions
+from flowlog.core.errors import ConfigError, FlowlogError
+from flowlog.core.formats import FORMATS
+from flowlog.core.plugins import get_registry
+from flowlog.core.records import parse_fields
+from flowlog.core.run import Run, RunOptions
+from flowlog.core.uri import URI
+
+#: Inputs at least this large get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+class UserError(click.ClickException):
+    """A user's mistake: one line on stderr, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"flowlog: error: {self.format_message()}", err=True)
+
+
+def _say(message: str) -> None:
+    click.echo(f"flowlog: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="flowlog")
+def main():
+    """Cloud-format network flow logs (Tencent Cloud Flow Logs, AWS VPC Flow Logs version 2)
+    from capture files and network interfaces."""
+
+
+def _interface_ids(values) -> tuple[dict[str, str], str | None]:
+    mapping, default = {}, None
+    for v in values:
+        if "=" in v:
+            name, _, iid = v.partition("=")
+            if not name or not iid:
+                raise click.BadParameter(f"{v!r}: expected NAME=ID or ID", param_hint="--interface-id")
+            mapping[name] = iid
+        elif default is not None:
+            raise click.BadParameter("give one plain ID (for every interface) or NAME=ID pairs",
+                                     param_hint="--interface-id")
+        else:
+            default = v
+    return mapping, default
+
+
+def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Leading words that name existing files (or globs that match) are more -r inputs; the rest is the filter."""
+    files = []
+    words = list(expression)
+    while words:
+        w = words[0]
+        if os.path.exists(w) or (glob.has_magic(w) and glob.glob(w)):
+            files.append(words.pop(0))
+        else:
+            break
+    return files, words
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("-r", "--read", "read", multiple=True, metavar="FILE",
+              help="Read frames from a capture file, glob or directory (repeatable; further FILE "
+                   "words may follow the option).")
+@click.option("--from", "sources", multiple=True, metavar="URI",
+              help="Read from a source plugin URI, e.g. pcap:trace.pcap (repeatable).")
+@click.option("--to", "sinks", multiple=True, metavar="URI",
+              help="Write records to a sink plugin URI (repeatable; default stdout:).")
+@click.option("-c", "--count", type=click.IntRange(min=1), metavar="COUNT",
+              help="Stop after COUNT frames (that pass the filter).")
+@click.option("-F", "filter_file", type=click.File("r"), metavar="FILE",
+              help="Read the filter expression from FILE.")
+@click.option("--window", type=click.IntRange(min=1), default=60, show_default=True, metavar="SECONDS",
+              help="Capture window length; windows are aligned to the Unix epoch.")
+@click.option("--lateness", type=click.IntRange(min=0), default=5, show_default=True, metavar="SECONDS",
+              help="How long after its end a window waits for late frames.")
+@click.option("--max-flows", type=click.IntRange(min=1), default=1_000_000, show_default=True, metavar="N",
+              help="Flow table capacity over all open windows; traffic beyond it is SKIPDATA.")
+@click.option("--timestamps", type=click.Choice(["window", "first-last"]), default="window", show_default=True,
+              help="start/end: the window's bounds, or the flow's first and last packet times.")
+@click.option("--account-id", metavar="ID", help="The account-id field (default -).")
+@click.option("--interface-id", "interface_id", multiple=True, metavar="[NAME=]ID",
+              help="The interface-id field: ID for every interface, or NAME=ID for one (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="Output format.")
+@click.option("--fields", metavar="LIST",
+              help="Comma-separated fields to write, in order (default: the 14 version-2 fields).")
+@click.option("--header", is_flag=True, help="Write a line of field names first (text format).")
+@click.option("--stats", is_flag=True, help="Print a summary of the run on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings and no progress bar on stderr.")
+@click.argument("expression", nargs=-1)
+def capture(read, sources, sinks, count, filter_file, window, lateness, max_flows, timestamps, account_id,
+            interface_id, fmt, fields, header, stats, quiet, expression):
+    """Turn captured frames into flow log records.
+
+    \b
+    flowlog capture -r trace.pcap
+    flowlog capture -r trace.pcap tcp port 443
+    flowlog capture -r 'ring/*.pcap' --format json --to stdout:
+
+    EXPRESSION is a filter in tcpdump's language, compiled by libpcap. Words right
+    after -r FILE that name existing files are read as more input files.
+    """
+    more_files, words = _split_files(expression) if read else ([], list(expression))
+    read = list(read) + more_files
+    if filter_file is not None:
+        if words:
+            raise click.UsageError("give the filter either with -F FILE or on the command line, not both")
+        words = filter_file.read().split()
+    bpf = " ".join(words) or None
+    if not read and not sources:
+        raise click.UsageError("nothing to read: give -r FILE or --from URI")
+    ids, default_id = _interface_ids(interface_id)
+    try:
+        registry = get_registry()
+        field_list = parse_fields(fields)
+        sink_options = SinkOptions(format=fmt, fields=field_list, header=header)
+        src_objs = [registry.source("pcap").cls(URI.parse("pcap:" + f)) for f in read]
+        for text in sources:
+            uri = URI.parse(text)
+            src_objs.append(registry.source(uri.scheme).cls(uri))
+        sink_objs = []
+        for text in sinks or ("stdout:",):
+            uri = URI.parse(text)
+            sink_objs.append(registry.sink(uri.scheme).cls(uri, sink_options))
+        options = RunOptions(window=window, lateness=lateness, max_flows=max_flows, account_id=account_id,
+                             interface_ids=ids, default_interface_id=default_id, timestamps=timestamps,
+                             count=count, bpf_filter=bpf)
+        bar = None
+        warn = (lambda m: None) if quiet else (lambda m: _say(f"warning: {m}"))
+
+        def progress(done, total):
+            nonlocal bar
+            if bar is None:
+                if quiet or not total or total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+                    bar = False
+                else:
+                    from tqdm import tqdm
+                    bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False,
+                               desc="flowlog")
+            if bar:
+                bar.update(done - bar.n)
+
+        run = Run(src_objs, sink_objs, options, warn=_damage_or_warn(quiet), progress=progress)
+        try:
+            result = run.run()
+        except ConfigError as e:
+            if bpf and words and any(c in words[0] for c in "./") and not os.path.exists(words[0]):
+                raise UserError(f"{e} (is {words[0]!r} meant as an input file? it does not exist)") from None
+            raise
+        finally:
+            if bar:
+                bar.close()
+    except FlowlogError as e:
+        raise UserError(str(e)) from None
+    st = result.stats
+    if st.malformed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(st.malformed_reasons.items()))
+        warn(f"{st.malformed} malformed frame(s) counted in SKIPDATA records ({reasons})")
+    if stats and not result.output_closed:
+        _print_stats(result)
+    sys.exit(result.status)
+
+
+def _damage_or_warn(quiet: bool):
+    """Warnings are hushed by --quiet; messages about damaged input are not."""
+    def report(message: str) -> None:
+        if message.startswith("warning:") and quiet:
+            return
+        _say(message)
+    return report
+
+
+def _print_stats(result) -> None:
+    from tabulate import tabulate
+
+    st = result.stats
+    rows = [
+        ("frames", st.frames),
+        ("filtered out", result.filtered_out),
+        ("IP packets", st.ip_packets),
+        ("IP bytes", st.ip_bytes),
+        ("non-IP frames", st.non_ip),
+        ("malformed frames", st.malformed),
+        ("late packets", st.late_packets),
+        ("skipped (flow table full)", st.overflow_packets),
+        ("flows", st.flows),
+        ("windows", st.windows),
+        ("records", st.records),
+        ("  NODATA", st.nodata_records),
+        ("  SKIPDATA", st.skipdata_records),
+        ("interfaces", len(result.interfaces)),
+        ("seconds", f"{result.elapsed:.3f}"),
+    ]
+    click.echo(tabulate(rows, tablefmt="plain", disable_numparse=True, colalign=("left", "right")), err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin instead of a table.")
+def plugins(as_json):
+    """List the installed source and sink plugins."""
+    try:
+        registry = get_registry()
+    except FlowlogError as e:
+        raise UserError(str(e)) from None
+    rows = [(r.plugin, r.kind, f"{r.scheme}:", r.origin, r.description) for r in registry.all()]
+    if as_json:
+        for name, kind, scheme, origin, desc in rows:
+            click.echo(json.dumps({"name": name, "kind": kind, "scheme": scheme, "origin": origin,
+                                   "description": desc}))
+        return
+    from tabulate import tabulate
+
+    click.echo(tabulate(rows, headers=["name", "kind", "scheme", "from", "description"], tablefmt="simple"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

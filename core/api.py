@@ -1,0 +1,143 @@
+"""What plugins build on: the Source and Sink base classes and the context a source gets."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator, NamedTuple, Sequence
+
+from .frames import FrameBatch
+from .uri import URI
+
+
+class Link(NamedTuple):
+    """One entry of the run's link table: frames of this link share an interface and link type."""
+
+    interface: int     # index into SourceContext.interfaces
+    linktype: int
+
+
+class SourceContext:
+    """What the core gives a source when it opens it.
+
+    A source registers each interface it delivers frames from with
+    :meth:`add_link` and stamps its frames with the returned index. Everything
+    it cannot deliver or could not read is reported through :meth:`warn` (a
+    recoverable condition, counted and shown on stderr) or :meth:`damaged` (the
+    input is damaged: shown, and the run ends with status 1).
+    """
+
+    def __init__(self, *, bpf_filter: str | None = None, snaplen: int = 262144,
+                 interface_ids: dict[str, str] | None = None, default_interface_id: str | None = None,
+                 warn: Callable[[str], None] | None = None):
+        self.bpf_filter = bpf_filter
+        self.snaplen = snaplen
+        self.interfaces: list[str] = []
+        self.links: list[Link] = []
+        self._interface_ids = interface_ids or {}
+        self._default_interface_id = default_interface_id
+        self._warn = warn or (lambda msg: None)
+        self.warnings: list[str] = []
+        self.damage: list[str] = []
+
+    def interface_id(self, name: str) -> str:
+        """The interface-id records carry for an interface the source calls ``name``."""
+        if name in self._interface_ids:
+            return self._interface_ids[name]
+        return self._default_interface_id or name
+
+    def add_link(self, name: str, linktype: int) -> int:
+        # records are space-separated: an interface name never carries white space
+        iid = "_".join(self.interface_id(name).split()) or "-"
+        try:
+            iface = self.interfaces.index(iid)
+        except ValueError:
+            iface = len(self.interfaces)
+            self.interfaces.append(iid)
+        link = Link(iface, linktype)
+        try:
+            return self.links.index(link)
+        except ValueError:
+            self.links.append(link)
+            return len(self.links) - 1
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self._warn(f"warning: {message}")
+
+    def damaged(self, message: str) -> None:
+        self.damage.append(message)
+        self._warn(message)
+
+
+class Source(abc.ABC):
+    """Base class of source plugins.
+
+    Subclasses set ``scheme`` (the URI scheme) and ``description``, accept the
+    URI and a dict of options in ``__init__``, register their interfaces in
+    :meth:`open` (raising :class:`~flowlog.core.errors.SourceError` with a clear
+    message when the input is unusable), and yield :class:`FrameBatch` objects
+    from :meth:`batches`.
+    """
+
+    scheme: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: True when the source applies the BPF filter itself (live capture in the kernel).
+    applies_filter: ClassVar[bool] = False
+
+    def __init__(self, uri: URI, options: dict | None = None):
+        self.uri = uri
+        self.options = options or {}
+
+    def open(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def batches(self) -> Iterator[FrameBatch]:
+        """Yield the frames, in batches, until the input ends."""
+
+    def close(self) -> None:
+        pass
+
+    # Progress, for the progress bar: total and done in any unit (bytes of input for files).
+    def size_hint(self) -> int | None:
+        return None
+
+    def progress(self) -> int:
+        return 0
+
+
+@dataclass
+class SinkOptions:
+    """How records are rendered: the output format, the fields, and whether to write a header."""
+
+    format: str = "text"
+    fields: Sequence[str] | None = None
+    header: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Sink(abc.ABC):
+    """Base class of sink plugins.
+
+    Subclasses set ``scheme`` and ``description``; :meth:`write` receives the
+    records of one emission (a closed window, or the final flush) as a list of
+    :class:`flowlog.core.records.Record`.
+    """
+
+    scheme: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, uri: URI, options: SinkOptions):
+        self.uri = uri
+        self.options = options
+
+    def open(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def write(self, records: list) -> None:
+        """Take the records of one emission."""
+
+    def close(self) -> None:
+        pass

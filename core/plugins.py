@@ -1,0 +1,129 @@
+"""The plugin manager: built-ins from DEFAULT_PLUGINS, third parties from entry points."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError
+
+#: Built-in plugins, registered exactly like third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "flowlog.plugins.pcap",
+    "flowlog.plugins.stdout",
+)
+
+#: Environment variable restricting third-party plugins: unset loads all,
+#: empty loads none, ``a,b`` loads only the entry points (or distributions) named.
+LOAD_PLUGINS_ENV = "FLOWLOG_LOAD_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str          # "source" or "sink"
+    scheme: str
+    cls: type
+    plugin: str        # plugin name in the manager
+    origin: str        # "built-in" or "DIST VERSION"
+
+    @property
+    def description(self) -> str:
+        return getattr(self.cls, "description", "") or (self.cls.__doc__ or "").strip().split("\n")[0]
+
+
+def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A fresh plugin manager with the built-ins and, unless disabled, third-party plugins."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if load_entrypoints:
+        _load_entrypoints(pm)
+    pm.check_pending()
+    return pm
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    allowed = os.environ.get(LOAD_PLUGINS_ENV)
+    if allowed is not None:
+        allowed_names = {a.strip() for a in allowed.split(",") if a.strip()}
+        if not allowed_names:
+            return
+    else:
+        allowed_names = None
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        dist = ep.dist.name if ep.dist else "?"
+        if allowed_names is not None and ep.name not in allowed_names and dist not in allowed_names:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # a broken third-party package must not look like a flowlog bug
+            raise ConfigError(
+                f"plugin {ep.name!r} from {dist} failed to load ({type(e).__name__}: {e}); "
+                f"fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}"
+            ) from None
+        pm.register(plugin, name=ep.name)
+
+
+def plugin_origin(name: str) -> str:
+    """Where a registered plugin came from: ``built-in``, or the distribution and version."""
+    if name in DEFAULT_PLUGINS:
+        return "built-in"
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT, name=name):
+        if ep.dist:
+            return f"{ep.dist.name} {ep.dist.version}"
+    return "registered at run time"
+
+
+class PluginRegistry:
+    """The sources and sinks the installed plugins provide, by URI scheme."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.sources: dict[str, Registration] = {}
+        self.sinks: dict[str, Registration] = {}
+        for hook_name, kind, table in (("register_sources", "source", self.sources),
+                                       ("register_sinks", "sink", self.sinks)):
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                origin = plugin_origin(impl.plugin_name)
+
+                def register(cls, _impl=impl, _origin=origin, _kind=kind, _table=table):
+                    scheme = (getattr(cls, "scheme", "") or "").lower()
+                    if not scheme:
+                        raise ConfigError(f"plugin {_impl.plugin_name!r} registered a {_kind} with no scheme")
+                    if scheme in _table:
+                        other = _table[scheme]
+                        raise ConfigError(
+                            f"plugins {other.plugin!r} and {_impl.plugin_name!r} both claim the {_kind} "
+                            f"scheme '{scheme}:'; uninstall one, or restrict plugins with {LOAD_PLUGINS_ENV}")
+                    _table[scheme] = Registration(_kind, scheme, cls, _impl.plugin_name, _origin)
+
+                impl.function(register=register)
+
+    def source(self, scheme: str) -> Registration:
+        return self._get(self.sources, "source", scheme)
+
+    def sink(self, scheme: str) -> Registration:
+        return self._get(self.sinks, "sink", scheme)
+
+    @staticmethod
+    def _get(table, kind, scheme) -> Registration:
+        try:
+            return table[scheme]
+        except KeyError:
+            known = ", ".join(f"{s}:" for s in sorted(table)) or "none"
+            raise ConfigError(f"no {kind} plugin handles '{scheme}:' (installed {kind}s: {known})") from None
+
+    def all(self) -> list[Registration]:
+        return sorted([*self.sources.values(), *self.sinks.values()], key=lambda r: (r.kind, r.scheme))
+
+
+def get_registry(load_entrypoints: bool = True) -> PluginRegistry:
+    return PluginRegistry(get_plugin_manager(load_entrypoints))

@@ -1,0 +1,101 @@
+"""Flow log records (version 2, SPEC.md) and their fields."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+import ipaddress
+
+#: The 14 fields of a version-2 record, in order.
+V2_FIELDS: tuple[str, ...] = (
+    "version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport",
+    "protocol", "packets", "bytes", "start", "end", "action", "log-status",
+)
+#: Fields beyond version 2, available through ``--fields``.
+EXTRA_FIELDS: tuple[str, ...] = ("tcp-flags", "flow-direction", "type", "first-seen", "last-seen")
+ALL_FIELDS: tuple[str, ...] = V2_FIELDS + EXTRA_FIELDS
+
+#: Fields whose values are numbers (JSON writes them as numbers, tables align them right).
+NUMERIC_FIELDS = frozenset(("version", "srcport", "dstport", "protocol", "packets", "bytes",
+                            "start", "end", "tcp-flags"))
+#: Fields holding times with a fraction (seconds with 9 decimals).
+TIME_FIELDS = frozenset(("first-seen", "last-seen"))
+
+
+class Record:
+    """One flow log record. ``None`` stands for ``-`` (NODATA, SKIPDATA, unknown)."""
+
+    __slots__ = ("account_id", "interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
+                 "packets", "bytes", "start", "end", "action", "log_status", "tcp_flags",
+                 "flow_direction", "type", "first_seen", "last_seen")
+
+    def __init__(self, account_id, interface_id, srcaddr=None, dstaddr=None, srcport=None, dstport=None,
+                 protocol=None, packets=None, bytes=None, start=None, end=None, action=None,
+                 log_status="OK", tcp_flags=None, flow_direction=None, type=None,
+                 first_seen=None, last_seen=None):
+        self.account_id = account_id
+        self.interface_id = interface_id
+        self.srcaddr = srcaddr
+        self.dstaddr = dstaddr
+        self.srcport = srcport
+        self.dstport = dstport
+        self.protocol = protocol
+        self.packets = packets
+        self.bytes = bytes
+        self.start = start
+        self.end = end
+        self.action = action
+        self.log_status = log_status
+        self.tcp_flags = tcp_flags
+        self.flow_direction = flow_direction
+        self.type = type
+        self.first_seen = first_seen     # (sec, nsec) or None
+        self.last_seen = last_seen
+
+    def get(self, field: str):
+        """The value of a field by its record name (``srcaddr``, ``log-status``, ...)."""
+        if field == "version":
+            return 2
+        return getattr(self, _ATTR[field])
+
+    def values(self, fields=V2_FIELDS) -> list:
+        return [self.get(f) for f in fields]
+
+    def __repr__(self) -> str:
+        return "Record(" + " ".join("-" if v is None else str(v) for v in self.values()) + ")"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Record) and self.values(ALL_FIELDS) == other.values(ALL_FIELDS)
+
+
+_ATTR = {f: f.replace("-", "_") for f in ALL_FIELDS}
+_ATTR["log-status"] = "log_status"
+
+
+def parse_fields(spec: str | None) -> tuple[str, ...]:
+    """``a,b,c`` to a tuple of field names, checked; ``None`` or empty gives the 14 version-2 fields."""
+    from .errors import ConfigError
+
+    if not spec:
+        return V2_FIELDS
+    fields = tuple(f.strip() for f in spec.split(",") if f.strip())
+    unknown = [f for f in fields if f not in _ATTR]
+    if unknown or not fields:
+        raise ConfigError(f"unknown field {', '.join(map(repr, unknown)) or '(none given)'} in --fields; "
+                          f"fields are: {', '.join(ALL_FIELDS)}")
+    return fields
+
+
+@lru_cache(maxsize=65536)
+def format_addr(family: int, hi: int, lo: int) -> str:
+    """An address as records write it: dotted quad, or RFC 5952 text for IPv6."""
+    if family == 4:
+        return f"{lo >> 24}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.{lo & 255}"
+    value = (hi << 64) | lo
+    if value >> 32 == 0xFFFF:        # IPv4-mapped: RFC 5952 section 5 writes the dotted quad
+        return "::ffff:" + format_addr(4, 0, lo & 0xFFFFFFFF)
+    return str(ipaddress.IPv6Address(value))
+
+
+def format_time(t) -> str:
+    """A (sec, nsec) time as seconds with 9 decimals."""
+    return f"{t[0]}.{t[1]:09d}"
