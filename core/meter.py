@@ -9,8 +9,8 @@ Rules, in the order SPEC.md gives them:
 * a window is emitted once the newest frame time seen reaches its end plus the
   lateness; a frame for a window already emitted is "late": its flow is emitted again
   for that window at the next emission;
-* an interface with no record in a window between the run's first and last windows is
-  idle; consecutive idle windows make one NODATA record;
+* an interface with no record in a window, from the window of its first frame to the
+  run's last window, is idle; consecutive idle windows make one NODATA record;
 * traffic that cannot become a flow record (flow table full, malformed frames, losses
   the source reports) is counted in a SKIPDATA record of its window and interface.
 """
@@ -82,7 +82,8 @@ class Meter:
         self._max_sec: int | None = None
         self._horizon: int | None = None        # windows starting before this were emitted
         self._last_end: int | None = None       # end of the newest emitted window
-        self._idle_from: list[int | None] = []  # per tracked interface: start of its idle run
+        self._first_window: dict[int, int] = {}  # interface -> window of its first frame
+        self._idle_from: dict[int, int | None] = {}  # tracked interface -> start of its idle run
         self._early_bad: list[int] = []         # ifaces of unusable-timestamp frames seen before any time
 
     # -- input ---------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class Meter:
         W, L = self.W, self.L
         st = self.stats
         iface_of = self._link_iface()
+        first_window = self._first_window
         n = len(batch)
         st.frames += n
         if n:
@@ -131,6 +133,8 @@ class Meter:
                     if self._open and min(self._open) + W + L <= sec:
                         out += self._emit_until(sec - W - L)
             ws = sec - sec % W
+            if iface not in first_window:
+                first_window[iface] = ws
             table = self._table(ws)
             if status == OK:
                 st.ip_packets += 1
@@ -217,7 +221,8 @@ class Meter:
         for ws in sorted(self._open):
             out += self._emit_window(ws, self._open.pop(ws))
         if self._last_end is not None:
-            for iface, idle in enumerate(self._idle_from):
+            for iface in sorted(self._idle_from):
+                idle = self._idle_from[iface]
                 if idle is not None:
                     out.append(self._nodata(iface, idle, self._last_end))
                     self._idle_from[iface] = None
@@ -240,17 +245,19 @@ class Meter:
         last_end = self._last_end
         idle = self._idle_from
         if last_end is not None and ws > last_end:        # windows no frame fell in: idle everywhere
-            for iface in range(len(idle)):
+            for iface in idle:
                 if idle[iface] is None:
                     idle[iface] = last_end
-        while len(idle) < len(self.interfaces):          # interfaces seen for the first time
-            idle.append(None)
-        groups = _by_interface(table)
-        for iface in range(len(idle)):
-            if iface in groups or iface in table.skip:
-                if idle[iface] is not None:
-                    out.append(self._nodata(iface, idle[iface], ws))
+        if len(idle) < len(self._first_window):          # interfaces observed from this window on
+            for iface, first in self._first_window.items():
+                if iface not in idle and first <= ws:
                     idle[iface] = None
+        groups = _by_interface(table)
+        for iface in sorted(set(idle) | set(groups) | set(table.skip)):
+            if iface in groups or iface in table.skip:
+                if idle.get(iface) is not None:
+                    out.append(self._nodata(iface, idle[iface], ws))
+                idle[iface] = None
                 out += self._records(ws, groups.get(iface, ()), table.skip.get(iface), iface)
             elif idle[iface] is None:
                 idle[iface] = ws
