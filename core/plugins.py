@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import os
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pluggy
 
@@ -42,10 +43,20 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
+    pm.check_pending()  # a built-in failing here is a flowlog bug: let it show as one
     if load_entrypoints:
         _load_entrypoints(pm)
-    pm.check_pending()
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            _invalid_plugin(pm.get_name(e.plugin), e)
     return pm
+
+
+def _invalid_plugin(name: str, e: pluggy.PluginValidationError) -> NoReturn:
+    reason = "; ".join(str(e).splitlines())
+    raise ConfigError(f"plugin {name!r} from {plugin_origin(name)} is not a valid flowlog plugin ({reason}); "
+                      f"fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}") from None
 
 
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:
@@ -69,7 +80,10 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
                 f"plugin {ep.name!r} from {dist} failed to load ({type(e).__name__}: {e}); "
                 f"fix or uninstall it, or leave it out with {LOAD_PLUGINS_ENV}"
             ) from None
-        pm.register(plugin, name=ep.name)
+        try:
+            pm.register(plugin, name=ep.name)
+        except pluggy.PluginValidationError as e:
+            _invalid_plugin(ep.name, e)
 
 
 def plugin_origin(name: str) -> str:
