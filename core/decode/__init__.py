@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..frames import FrameBatch
-from .walk import MALFORMED, NON_IP, OK, R_TIMESTAMP, REASONS, decode_frame
+from .walk import MALFORMED, NON_IP, OK, R_LINKTYPE, R_TIMESTAMP, REASONS, decode_frame
 
 __all__ = ["Columns", "decode_batch", "OK", "NON_IP", "MALFORMED", "REASONS"]
 
@@ -55,7 +55,12 @@ def decode_batch(batch: FrameBatch, linktypes: np.ndarray) -> Columns:
             rows[i] = bad
         else:
             o = off[i]
-            rows[i] = decode_frame(b, o, o + cap[i], lt[i], wire[i])
+            row = decode_frame(b, o, o + cap[i], lt[i], wire[i])
+            if row[0] == MALFORMED and row[1] == R_LINKTYPE:
+                # a link type the walk has no code for: the dpkt-based reference may know it
+                from .reference import decode_frame_reference
+                row = decode_frame_reference(b[o:o + cap[i]], lt[i], wire[i])
+            rows[i] = row
     if n:
         cols = list(zip(*rows))
         return Columns(*(np.array(c, dtype=d) for c, d in zip(cols, _DTYPES)))

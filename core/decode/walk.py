@@ -222,7 +222,9 @@ def _ipv4(b, p: int, end: int, onwire: int) -> tuple:
     dst = _be32(b, p + 16)
     sport, dport, flags = 0, 0, 0
     if not nonfirst:
-        sport, dport, flags = _transport(b, p + ihl, end, proto, 1)
+        # the transport header ends with the IP packet, never in the link layer's padding
+        tend = min(end, p + total) if total else end
+        sport, dport, flags = _transport(b, p + ihl, tend, proto, 1)
     return (OK, R_NONE, 4, 0, src, 0, dst, sport, dport, proto, nbytes, flags)
 
 
@@ -230,6 +232,8 @@ def _ipv6(b, p: int, end: int, onwire: int) -> tuple:
     if end - p < 40:
         return _bad(R_IP6_SHORT)
     plen = _be16(b, p + 4)
+    if plen:
+        end = min(end, p + 40 + plen)                   # the packet ends there, padding may follow
     nh = b[p + 6]
     src_hi, src_lo = _be64(b, p + 8), _be64(b, p + 16)
     dst_hi, dst_lo = _be64(b, p + 24), _be64(b, p + 32)
