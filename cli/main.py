@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import sys
 
 import click
@@ -23,7 +24,9 @@ PROGRESS_MIN_BYTES = 64 << 20
 
 
 class UserError(click.ClickException):
-    """A user's mistake: one line on stderr, exit status 1."""
+    """A user's mistake or an unusable input: one line on stderr, exit status 2, nothing written."""
+
+    exit_code = 2
 
     def show(self, file=None) -> None:
         click.echo(f"flowlog: error: {self.format_message()}", err=True)
@@ -37,7 +40,7 @@ def _say(message: str) -> None:
 @click.version_option(__version__, "-V", "--version", prog_name="flowlog")
 def main():
     """Cloud-format network flow logs (Tencent Cloud Flow Logs, AWS VPC Flow Logs version 2)
-    from capture files and network interfaces."""
+    from capture files."""
 
 
 def _interface_ids(values) -> tuple[dict[str, str], str | None]:
@@ -153,6 +156,7 @@ def capture(read, sources, sinks, count, filter_file, window, lateness, max_flow
                 bar.update(done - bar.n)
 
         run = Run(src_objs, sink_objs, options, warn=_damage_or_warn(quiet), progress=progress)
+        _on_signals(run)
         try:
             result = run.run()
         except ConfigError as e:
@@ -168,9 +172,22 @@ def capture(read, sources, sinks, count, filter_file, window, lateness, max_flow
     if st.malformed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(st.malformed_reasons.items()))
         warn(f"{st.malformed} malformed frame(s) counted in SKIPDATA records ({reasons})")
+    for reason, n in sorted(st.anomalies.items()):
+        warn(f"{n} packet(s) counted with the IP header's length although it is inconsistent ({reason})")
     if stats and not result.output_closed:
         _print_stats(result)
     sys.exit(result.status)
+
+
+def _on_signals(run: Run) -> None:
+    """SIGINT and SIGTERM stop reading; open windows are written and flowlog exits 0. A second one aborts."""
+    def handler(signum, frame):
+        if run._stop:
+            raise KeyboardInterrupt
+        run.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _damage_or_warn(quiet: bool):

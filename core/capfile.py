@@ -108,7 +108,7 @@ class CaptureFile:
         self._end = 0        # end of valid data in _buf
         self._eof = False
         self._file_pos = 0   # offset in the (decompressed) file of _buf[0]
-        self.bad_timestamps = 0
+        self.normalised_timestamps = 0   # fraction past one second, carried into the seconds
         self._quiet = False
         self._open_header()
 
@@ -129,7 +129,7 @@ class CaptureFile:
                     return int(b.sec[0]), int(b.nsec[0])
             return (-1, 0)
         finally:
-            self.bad_timestamps = 0
+            self.normalised_timestamps = 0
             self.close()
 
     # -- buffer management ---------------------------------------------------------------
@@ -311,7 +311,7 @@ class CaptureFile:
                     return False
             first = False
             if frac >= per_sec:
-                self.bad_timestamps += 1
+                self.normalised_timestamps += 1
                 sec += frac // per_sec
                 frac %= per_sec
             off.append(self._file_pos + self._start + rsize)
@@ -410,8 +410,7 @@ class CaptureFile:
             nsec = ((units & ((1 << exp) - 1)) * 1_000_000_000) >> exp
         sec += self._tsoff[iface]
         if not 0 <= sec < MAX_SECONDS:
-            self.bad_timestamps += 1
-            return -1, 0
+            return -1, 0          # unusable: the frame is counted as malformed
         return sec, nsec
 
 

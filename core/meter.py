@@ -38,6 +38,8 @@ class MeterStats:
     non_ip: int = 0
     malformed: int = 0
     malformed_reasons: dict = field(default_factory=dict)
+    #: packets counted although their frame is inconsistent (reason text -> count)
+    anomalies: dict = field(default_factory=dict)
     late_packets: int = 0
     overflow_packets: int = 0
     lost_packets: int = 0
@@ -138,6 +140,9 @@ class Meter:
             table = self._table(ws)
             if status == OK:
                 st.ip_packets += 1
+                if reason_l[i]:
+                    text = REASONS[reason_l[i]]
+                    st.anomalies[text] = st.anomalies.get(text, 0) + 1
                 nbytes = by_l[i]
                 st.ip_bytes += nbytes
                 key = (iface, fam_l[i], shi_l[i], slo_l[i], dhi_l[i], dlo_l[i], sp_l[i], dp_l[i], pr_l[i])

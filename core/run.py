@@ -56,6 +56,7 @@ class RunResult:
     filtered_out: int = 0
     elapsed: float = 0.0
     output_closed: bool = False
+    interrupted: bool = False
 
     @property
     def status(self) -> int:
@@ -77,6 +78,7 @@ class Run:
                                  interface_ids=options.interface_ids,
                                  default_interface_id=options.default_interface_id, warn=warn)
         self._progress = progress
+        self._stop = False
         self._linktypes = np.zeros(0, np.int64)
         self._link_iface = np.zeros(0, np.int64)
         self.meter = Meter(self.ctx.interfaces, self.link_iface, window=options.window,
@@ -124,6 +126,13 @@ class Run:
         result.elapsed = time.monotonic() - started
         return result
 
+    def stop(self) -> None:
+        """Stop reading after the batch in hand; open windows are then written as at the end of input.
+
+        Safe to call from a signal handler (SIGINT, SIGTERM).
+        """
+        self._stop = True
+
     def _streams(self):
         if len(self.sources) == 1:
             return self.sources[0].batches()
@@ -148,6 +157,9 @@ class Run:
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)
             if remaining == 0:
+                break
+            if self._stop:
+                result.interrupted = True
                 break
 
     def _deliver(self, records) -> None:

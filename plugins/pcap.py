@@ -97,6 +97,6 @@ class PcapSource(Source):
         finally:
             self._current.remove(cf)
             self._done += cf.size
-            if cf.bad_timestamps:
-                self.ctx.warn(f"{path}: {cf.bad_timestamps} frame(s) with an out-of-range timestamp "
-                              f"(fraction normalised, or counted as malformed)")
+            if cf.normalised_timestamps:
+                self.ctx.warn(f"{path}: {cf.normalised_timestamps} frame(s) whose timestamp fraction is a "
+                              f"second or more (carried into the seconds)")

@@ -96,7 +96,7 @@ def test_fields_and_header():
 def test_unknown_field_is_one_line():
     result = cli("capture", "-r", ICMP, "--fields", "srcaddr,nonsense")
     assert_one_line_error(result, "nonsense", "fields are:")
-    assert result.returncode == 1
+    assert result.returncode == 2
 
 
 def test_interface_and_account_ids():
@@ -129,7 +129,7 @@ def test_filter_from_file(tmp_path):
 def test_bad_filter_is_one_line():
     result = cli("capture", "-r", ICMP, "tcp", "port", "banana")
     assert_one_line_error(result, "bad filter expression")
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
 
 
 def test_missing_second_file_hint():
@@ -234,7 +234,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     result = CliRunner().invoke(main, ["capture", "-r", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "permission denied" in result.output and "Traceback" not in result.output
 
 
@@ -295,3 +295,27 @@ def test_version_and_help():
                 "--timestamps", "--account-id", "--interface-id", "--format", "--fields", "--header",
                 "--stats", "--quiet"):
         assert opt in out
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_flushes_open_windows_and_exits_0(sig, tmp_path):
+    import signal
+
+    big = tmp_path / "long.pcap"
+    frames = ((1_700_000_000 + i * 0.02, synth.packet("10.0.0.1", "10.0.0.2", 17, 1 + i % 7, 53))
+              for i in range(400_000))
+    synth.write_pcap(big, frames)
+    # unbuffered, so that nothing read ahead by readline() is lost to communicate()
+    proc = subprocess.Popen([sys.executable, "-m", "flowlog.cli", "capture", "-r", str(big), "--stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    first = proc.stdout.readline().decode()  # the first window has been written: reading is under way
+    assert first.startswith("2 ")
+    proc.send_signal(getattr(signal, sig))
+    rest, err = (x.decode() for x in proc.communicate(timeout=120))
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Aborted" not in err
+    lines = [first] + rest.splitlines()
+    stats = dict(l.rsplit(None, 1) for l in err.splitlines() if not l.startswith("flowlog:"))
+    frames_read = int(stats["frames"])
+    assert 0 < frames_read < 400_000, "the run should have been stopped part way"
+    assert sum(int(l.split()[8]) for l in lines) == frames_read

@@ -107,7 +107,7 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, src / name)
-    for top in PACKAGE_DIR.values():
+    for top in (*PACKAGE_DIR.values(), "man"):
         shutil.copytree(REPO / top, src / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = root / "dist"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
@@ -129,6 +129,7 @@ def test_wheel_holds_every_module(wheel):
     assert not missing, f"the wheel lacks {missing}: is every package listed in [tool.setuptools] packages?"
     assert not [n for n in names if n.startswith(("tests/", "cli/", "core/", "plugins/"))]
     assert "flowlog = flowlog.cli.main:main" in entry_points
+    assert any(n.endswith(".data/data/share/man/man1/flowlog.1") for n in names), "the man page is not installed"
 
 
 def test_wheel_runs_on_its_own(wheel, tmp_path):

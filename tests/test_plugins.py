@@ -358,7 +358,7 @@ def test_plugin_that_fails_to_import_is_a_one_line_config_error(fake_dist, monke
     assert LOAD_PLUGINS_ENV in msg
 
     result = CliRunner().invoke(main, ["plugins"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.splitlines() == [f"flowlog: error: {msg}"]
 
     monkeypatch.setenv(LOAD_PLUGINS_ENV, "")  # the way out the message names
@@ -380,7 +380,7 @@ def test_invalid_entry_point_plugin_is_a_one_line_config_error(fake_dist, monkey
     assert msg.startswith("plugin 'fake-invalid' from flowlog-fake-invalid 1.0 is not a valid flowlog plugin")
     assert reason in msg and LOAD_PLUGINS_ENV in msg
     result = CliRunner().invoke(main, ["plugins"])
-    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
     monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
     get_plugin_manager()
 
@@ -510,6 +510,6 @@ def test_installed_plugin_and_load_plugins_env(venv, allowed, loaded):
     assert {"pcap:", "stdout:"} <= schemes
     if not loaded:
         p = venv.flowlog("capture", "-r", str(ICMP), "--to", "tsv:/nonexistent/x.tsv", **env)
-        assert p.returncode == 1
+        assert p.returncode == 2
         assert p.stderr.splitlines() == [
             "flowlog: error: no sink plugin handles 'tsv:' (installed sinks: stdout:)"]

@@ -39,7 +39,7 @@ from ..frames import FrameBatch
 from . import _DTYPES, Columns
 from .walk import (
     MALFORMED, NON_IP, OK, R_IP4_IHL, R_IP4_SHORT, R_IP6_SHORT, R_LINK_SHORT, R_LINKTYPE, R_NONE, R_TIMESTAMP,
-    R_VERSION,
+    R_VERSION, R_IP4_LEN, R_LONGER,
 )
 
 __all__ = ["decode_frame_reference", "decode_batch_reference"]
@@ -364,13 +364,16 @@ def _ipv4(buf: bytes, onwire: int) -> tuple:
         return _bad(R_IP4_SHORT)
     except dpkt.UnpackError:
         return _bad(R_IP4_IHL)
+    if h.len and h.len < h.hl * 4:
+        return _bad(R_IP4_LEN)
     sport = dport = flags = 0
     if h.offset == 0:
         # the transport header ends where the IP packet ends (not in Ethernet padding), or the capture
         end = min(len(buf), h.len) if h.len else len(buf)
         sport, dport, flags = _transport(buf[h.hl * 4:end], h.p, 1)
-    return (OK, R_NONE, 4, 0, int.from_bytes(h.src, "big"), 0, int.from_bytes(h.dst, "big"),
-            sport, dport, h.p, h.len or onwire, flags)
+    nbytes = h.len or onwire
+    return (OK, R_LONGER if nbytes > onwire else R_NONE, 4, 0, int.from_bytes(h.src, "big"), 0,
+            int.from_bytes(h.dst, "big"), sport, dport, h.p, nbytes, flags)
 
 
 def _ipv6(buf: bytes, onwire: int) -> tuple:
@@ -417,7 +420,7 @@ def _ipv6(buf: bytes, onwire: int) -> tuple:
     if complete and not nonfirst:
         sport, dport, flags = _transport(payload[pos:], nxt, 58)
     src, dst = h.src, h.dst
-    return (OK, R_NONE, 6, int.from_bytes(src[:8], "big"), int.from_bytes(src[8:], "big"),
+    return (OK, R_LONGER if nbytes > onwire else R_NONE, 6, int.from_bytes(src[:8], "big"), int.from_bytes(src[8:], "big"),
             int.from_bytes(dst[:8], "big"), int.from_bytes(dst[8:], "big"), sport, dport, nxt, nbytes, flags)
 
 

@@ -27,6 +27,9 @@ R_IP4_IHL = 4
 R_VERSION = 5
 R_LINKTYPE = 6
 R_TIMESTAMP = 7
+R_IP4_LEN = 8
+#: not malformed: the packet counts (with the IP header's length), but the frame is inconsistent
+R_LONGER = 9
 
 REASONS = (
     "",
@@ -37,6 +40,8 @@ REASONS = (
     "IP version does not match the link layer",
     "link type not supported",
     "unusable timestamp",
+    "IPv4 total length below its header length",
+    "IP length beyond the frame on the wire",
 )
 
 ICMP4_ID_TYPES = frozenset((0, 8, 13, 14, 15, 16, 17, 18, 42, 43))
@@ -215,6 +220,8 @@ def _ipv4(b, p: int, end: int, onwire: int) -> tuple:
     if ihl < 20:
         return _bad(R_IP4_IHL)
     total = _be16(b, p + 2)
+    if total and total < ihl:
+        return _bad(R_IP4_LEN)
     nbytes = total if total else onwire
     nonfirst = (_be16(b, p + 6) & 0x1FFF) != 0
     proto = b[p + 9]
@@ -225,7 +232,7 @@ def _ipv4(b, p: int, end: int, onwire: int) -> tuple:
         # the transport header ends with the IP packet, never in the link layer's padding
         tend = min(end, p + total) if total else end
         sport, dport, flags = _transport(b, p + ihl, tend, proto, 1)
-    return (OK, R_NONE, 4, 0, src, 0, dst, sport, dport, proto, nbytes, flags)
+    return (OK, R_LONGER if nbytes > onwire else R_NONE, 4, 0, src, 0, dst, sport, dport, proto, nbytes, flags)
 
 
 def _ipv6(b, p: int, end: int, onwire: int) -> tuple:
@@ -272,7 +279,8 @@ def _ipv6(b, p: int, end: int, onwire: int) -> tuple:
     sport, dport, flags = 0, 0, 0
     if complete and not nonfirst:
         sport, dport, flags = _transport(b, q, end, nh, 58)
-    return (OK, R_NONE, 6, src_hi, src_lo, dst_hi, dst_lo, sport, dport, nh, nbytes, flags)
+    return (OK, R_LONGER if nbytes > onwire else R_NONE, 6, src_hi, src_lo, dst_hi, dst_lo, sport, dport, nh,
+            nbytes, flags)
 
 
 def _jumbo(b, p: int, end: int) -> int:
