@@ -44,10 +44,8 @@ REASONS = (
     "IP length beyond the frame on the wire",
 )
 
-ICMP4_ID_TYPES = frozenset((0, 8, 13, 14, 15, 16, 17, 18, 42, 43))
-ICMP6_ID_TYPES = frozenset((128, 129, 160, 161))
-PORT_PROTOS = frozenset((6, 17, 132))
-IP6_SKIPPED = frozenset((0, 43, 44, 60))
+ICMP4_ID_TYPES = (0, 8, 13, 14, 15, 16, 17, 18, 42, 43)
+ICMP6_ID_TYPES = (128, 129, 160, 161)
 
 _NON_IP = (NON_IP, R_NONE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
@@ -74,7 +72,7 @@ def decode_frame(b, start: int, end: int, linktype: int, wirelen: int) -> tuple:
         if end - start < 14:
             return _bad(R_LINK_SHORT)
         return _ethertype(b, start + 14, end, _be16(b, start + 12), start, wirelen)
-    if linktype in (12, 14, 101):                        # raw IP
+    if linktype == 12 or linktype == 14 or linktype == 101:   # raw IP
         return _ip_by_version(b, start, end, 0, start, wirelen)
     if linktype == 228:                                  # raw IPv4
         return _ip_by_version(b, start, end, 4, start, wirelen)
@@ -310,7 +308,14 @@ def _transport(b, t: int, end: int, proto: int, icmp_proto: int) -> tuple:
         if end - t < 2:
             return 0, 0, 0
         icmp_type = b[t]
-        ids = ICMP4_ID_TYPES if icmp_proto == 1 else ICMP6_ID_TYPES
-        ident = _be16(b, t + 4) if icmp_type in ids and end - t >= 6 else 0
+        ident = _be16(b, t + 4) if end - t >= 6 and _has_identifier(icmp_proto, icmp_type) else 0
         return ident, icmp_type * 256 + b[t + 1], 0
     return 0, 0, 0
+
+
+def _has_identifier(icmp_proto: int, icmp_type: int) -> bool:
+    """Whether an ICMP (1) or ICMPv6 (58) message of this type carries an identifier (SPEC.md)."""
+    if icmp_proto == 1:
+        return (icmp_type == 0 or icmp_type == 8 or 13 <= icmp_type <= 18 or icmp_type == 42
+                or icmp_type == 43)
+    return icmp_type == 128 or icmp_type == 129 or icmp_type == 160 or icmp_type == 161
