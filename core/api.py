@@ -137,7 +137,15 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def write(self, records: list) -> None:
-        """Take the records of one emission."""
+        """Take the records of one emission (a list of :class:`flowlog.core.records.Record`)."""
+
+    def write_batch(self, batch) -> None:
+        """Take the records of one emission as a :class:`flowlog.core.records.RecordBatch`.
+
+        The default hands :meth:`write` the records as objects; a sink that can use the
+        columns directly (the stdout sink's fast text path) overrides this.
+        """
+        self.write(batch.records())
 
     def close(self) -> None:
         pass

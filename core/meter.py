@@ -13,6 +13,12 @@ Rules, in the order SPEC.md gives them:
   run's last window, is idle; consecutive idle windows make one NODATA record;
 * traffic that cannot become a flow record (flow table full, malformed frames, losses
   the source reports) is counted in a SKIPDATA record of its window and interface.
+
+The per-packet work (window tables, flow lookup, capacity) is done by an aggregator:
+:class:`PyAggregator` here, or the compiled one in :mod:`flowlog.core.fast.meter`.
+Both stop at the packet whose time closes windows, so that the meter emits them before
+that packet is counted, exactly as a packet-at-a-time meter would. Emission itself
+(ordering, NODATA, SKIPDATA, statistics) is this module's, for both.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .decode import MALFORMED, NON_IP, OK, REASONS, Columns
+from .decode import NON_IP, OK, REASONS, Columns
 from .frames import FrameBatch, Loss
-from .records import Record, format_addr
+from .records import KIND_NODATA, KIND_OK, KIND_SKIPDATA, RecordBatch
 
-# flow entry list indices
+DONE, EMIT = 0, 1
+
+# flow entry list indices (PyAggregator)
 _PK, _BY, _FL, _FS, _FNS, _LS, _LNS = range(7)
 
 
@@ -50,6 +58,23 @@ class MeterStats:
     skipdata_records: int = 0
 
 
+@dataclass
+class Taken:
+    """Flows and skipped traffic of the windows an aggregator hands over, as columns.
+
+    ``flows`` rows are ordered by window (in the order asked), then interface, then first
+    sighting; ``skips`` rows are (window, interface, packets, bytes, bytes known).
+    """
+
+    flows: dict[str, np.ndarray]
+    skips: list[tuple[int, int, int, int, bool]]
+
+
+FLOW_COLUMNS = ("ws", "iface", "fam", "shi", "slo", "dhi", "dlo", "sport", "dport", "proto",
+                "pk", "by", "fl", "fs", "fns", "ls", "lns")
+_FLOW_DTYPES = {"shi": np.uint64, "slo": np.uint64, "dhi": np.uint64, "dlo": np.uint64}
+
+
 class _Window:
     __slots__ = ("flows", "skip")
 
@@ -58,107 +83,91 @@ class _Window:
         self.skip: dict[int, list] = {}     # iface -> [packets, bytes, bytes_known]
 
 
-class Meter:
-    """Aggregates decoded frames into per-window flow records.
+class PyAggregator:
+    """Per-packet accounting in plain Python: dicts of flows per window."""
 
-    ``interfaces`` is the run's interface list (it may grow while the run goes on);
-    ``link_iface[link]`` maps a frame's link index to its interface index.
-    """
+    def __init__(self, window: int, lateness: int, max_flows: int, stats: MeterStats):
+        self.W, self.L, self.max_flows, self.stats = window, lateness, max_flows, stats
+        self.open: dict[int, _Window] = {}
+        self.late: dict[int, _Window] = {}
+        self.nflows = 0
+        self.max_sec: int | None = None
+        self.horizon: int | None = None          # windows starting before this were emitted
+        self.first_window: dict[int, int] = {}   # interface -> window of its first frame
+        self.early_bad: list[int] = []           # ifaces of unusable-timestamp frames before any time
 
-    def __init__(self, interfaces: Sequence[str], link_iface: Callable[[], np.ndarray], *,
-                 window: int = 60, lateness: int = 5, max_flows: int = 1_000_000,
-                 account_id: str | None = None, timestamps: str = "window"):
-        if window < 1:
-            raise ValueError("window must be at least 1 second")
-        self.interfaces = interfaces
-        self._link_iface = link_iface
-        self.W = int(window)
-        self.L = int(lateness)
-        self.max_flows = int(max_flows)
-        self.account_id = account_id
-        self.first_last = timestamps == "first-last"
-        self.stats = MeterStats()
-        self._open: dict[int, _Window] = {}
-        self._late: dict[int, _Window] = {}
-        self._nflows = 0
-        self._max_sec: int | None = None
-        self._horizon: int | None = None        # windows starting before this were emitted
-        self._last_end: int | None = None       # end of the newest emitted window
-        self._first_window: dict[int, int] = {}  # interface -> window of its first frame
-        self._idle_from: dict[int, int | None] = {}  # tracked interface -> start of its idle run
-        self._early_bad: list[int] = []         # ifaces of unusable-timestamp frames seen before any time
+    def open_windows(self) -> list[int]:
+        return sorted(self.open)
 
-    # -- input ---------------------------------------------------------------------------
-    def add(self, batch: FrameBatch, cols: Columns) -> list[Record]:
-        """Account a decoded batch; return the records of the windows it closed."""
-        out: list[Record] = []
+    def late_windows(self) -> list[int]:
+        return sorted(self.late)
+
+    def add(self, i0: int, ifaces: np.ndarray, batch: FrameBatch, cols: Columns) -> tuple[int, int]:
+        """Count packets from ``i0``; stop before a packet whose time closes windows: (EMIT, i), else (DONE, n)."""
         W, L = self.W, self.L
         st = self.stats
-        iface_of = self._link_iface()
-        first_window = self._first_window
+        first_window = self.first_window
         n = len(batch)
-        st.frames += n
-        if n:
-            iface_l = iface_of[batch.link].tolist()
-            sec_l = batch.sec.tolist()
-            nsec_l = batch.nsec.tolist()
-            status_l = cols.status.tolist()
-            reason_l = cols.reason.tolist()
-            fam_l = cols.family.tolist()
-            shi_l = cols.src_hi.tolist()
-            slo_l = cols.src_lo.tolist()
-            dhi_l = cols.dst_hi.tolist()
-            dlo_l = cols.dst_lo.tolist()
-            sp_l = cols.sport.tolist()
-            dp_l = cols.dport.tolist()
-            pr_l = cols.proto.tolist()
-            by_l = cols.nbytes.tolist()
-            fl_l = cols.flags.tolist()
-        for i in range(n):
-            sec = sec_l[i]
-            iface = iface_l[i]
-            status = status_l[i]
+        iface_l = ifaces[i0:].tolist()
+        sec_l = batch.sec[i0:].tolist()
+        nsec_l = batch.nsec[i0:].tolist()
+        status_l = cols.status[i0:].tolist()
+        reason_l = cols.reason[i0:].tolist()
+        fam_l = cols.family[i0:].tolist()
+        shi_l = cols.src_hi[i0:].tolist()
+        slo_l = cols.src_lo[i0:].tolist()
+        dhi_l = cols.dst_hi[i0:].tolist()
+        dlo_l = cols.dst_lo[i0:].tolist()
+        sp_l = cols.sport[i0:].tolist()
+        dp_l = cols.dport[i0:].tolist()
+        pr_l = cols.proto[i0:].tolist()
+        by_l = cols.nbytes[i0:].tolist()
+        fl_l = cols.flags[i0:].tolist()
+        for j in range(n - i0):
+            sec = sec_l[j]
+            iface = iface_l[j]
+            status = status_l[j]
             if sec < 0:                                   # unusable timestamp: counted where we are
-                if self._max_sec is None:
-                    self._early_bad.append(iface)
-                    self._count_malformed(reason_l[i])
+                if self.max_sec is None:
+                    self.early_bad.append(iface)
+                    self._count_malformed(reason_l[j])
                     continue
-                sec = self._max_sec
-            elif self._max_sec is None or sec > self._max_sec:
-                self._max_sec = sec
-                if self._early_bad:
+                sec = self.max_sec
+            elif self.max_sec is None or sec > self.max_sec:
+                self.max_sec = sec
+                if self.early_bad:
                     ws0 = sec - sec % W
-                    for bad_iface in self._early_bad:
-                        self._skip(self._table(ws0), bad_iface, 1, None)
-                    self._early_bad.clear()
-                if self._horizon is None or sec - W - L >= self._horizon:
-                    if self._open and min(self._open) + W + L <= sec:
-                        out += self._emit_until(sec - W - L)
+                    for bad_iface in self.early_bad:
+                        self.skip(ws0, bad_iface, 1, None)
+                    self.early_bad.clear()
+                if self.horizon is None or sec - W - L >= self.horizon:
+                    if self.open and min(self.open) + W + L <= sec:
+                        return EMIT, i0 + j
             ws = sec - sec % W
             if iface not in first_window:
                 first_window[iface] = ws
             table = self._table(ws)
             if status == OK:
                 st.ip_packets += 1
-                if reason_l[i]:
-                    text = REASONS[reason_l[i]]
+                if reason_l[j]:
+                    text = REASONS[reason_l[j]]
                     st.anomalies[text] = st.anomalies.get(text, 0) + 1
-                nbytes = by_l[i]
+                nbytes = by_l[j]
                 st.ip_bytes += nbytes
-                key = (iface, fam_l[i], shi_l[i], slo_l[i], dhi_l[i], dlo_l[i], sp_l[i], dp_l[i], pr_l[i])
+                key = (iface, fam_l[j], shi_l[j], slo_l[j], dhi_l[j], dlo_l[j], sp_l[j], dp_l[j], pr_l[j])
                 entry = table.flows.get(key)
-                nsec = nsec_l[i]
+                nsec = nsec_l[j]
                 if entry is None:
-                    if self._nflows >= self.max_flows:
+                    if self.nflows >= self.max_flows:
                         st.overflow_packets += 1
-                        self._skip(table, iface, 1, nbytes)
+                        self._skip_in(table, iface, 1, nbytes)
                         continue
-                    self._nflows += 1
-                    table.flows[key] = [1, nbytes, fl_l[i], sec, nsec, sec, nsec]
+                    self.nflows += 1
+                    table.flows[key] = [1, nbytes, fl_l[j], sec, nsec, sec, nsec]
                 else:
                     entry[_PK] += 1
                     entry[_BY] += nbytes
-                    entry[_FL] |= fl_l[i]
+                    entry[_FL] |= fl_l[j]
                     if sec < entry[_FS] or (sec == entry[_FS] and nsec < entry[_FNS]):
                         entry[_FS], entry[_FNS] = sec, nsec
                     if sec > entry[_LS] or (sec == entry[_LS] and nsec > entry[_LNS]):
@@ -166,39 +175,30 @@ class Meter:
             elif status == NON_IP:
                 st.non_ip += 1
             else:
-                self._count_malformed(reason_l[i])
-                self._skip(table, iface, 1, None)
-        for loss in batch.losses:
-            out += self.lost(loss)
-        return out
-
-    def lost(self, loss: Loss) -> list[Record]:
-        """Account traffic a source could not deliver (SKIPDATA for its window)."""
-        self.stats.lost_packets += loss.packets
-        sec = loss.sec if loss.sec >= 0 else (self._max_sec or 0)
-        iface = int(self._link_iface()[loss.link])
-        self._skip(self._table(sec - sec % self.W), iface, loss.packets, loss.bytes)
-        return []
+                self._count_malformed(reason_l[j])
+                self._skip_in(table, iface, 1, None)
+        return DONE, n
 
     def _count_malformed(self, reason: int) -> None:
-        st = self.stats
-        st.malformed += 1
-        text = REASONS[reason] or "undecodable"
-        st.malformed_reasons[text] = st.malformed_reasons.get(text, 0) + 1
+        count_malformed(self.stats, reason, 1)
 
     def _table(self, ws: int) -> _Window:
-        if self._horizon is not None and ws < self._horizon:
+        if self.horizon is not None and ws < self.horizon:
             self.stats.late_packets += 1
-            tables = self._late
+            tables = self.late
         else:
-            tables = self._open
+            tables = self.open
         table = tables.get(ws)
         if table is None:
             table = tables[ws] = _Window()
         return table
 
+    def skip(self, ws: int, iface: int, packets: int, nbytes: int | None) -> None:
+        """Count skipped traffic for a window and interface (SKIPDATA)."""
+        self._skip_in(self._table(ws), iface, packets, nbytes)
+
     @staticmethod
-    def _skip(table: _Window, iface: int, packets: int, nbytes: int | None) -> None:
+    def _skip_in(table: _Window, iface: int, packets: int, nbytes: int | None) -> None:
         s = table.skip.get(iface)
         if s is None:
             s = table.skip[iface] = [0, 0, True]
@@ -208,107 +208,229 @@ class Meter:
         else:
             s[1] += nbytes
 
-    # -- output --------------------------------------------------------------------------
-    def _emit_until(self, threshold: int) -> list[Record]:
-        """Emit every open window starting at or before ``threshold`` (and pending late flows)."""
-        out = self._emit_late()
-        W = self.W
-        for ws in sorted(w for w in self._open if w <= threshold):
-            out += self._emit_window(ws, self._open.pop(ws))
-        new_horizon = threshold - threshold % W + W
-        if self._horizon is None or new_horizon > self._horizon:
-            self._horizon = new_horizon
-        return out
+    def take(self, windows: list[int]) -> Taken:
+        """Remove the given windows (late or open) and hand over their contents."""
+        cols: dict[str, list] = {c: [] for c in FLOW_COLUMNS}
+        skips = []
+        for ws in windows:
+            table = self.late.pop(ws, None) or self.open.pop(ws, None)
+            if table is None:
+                continue
+            groups: dict[int, list] = {}
+            for key, e in table.flows.items():
+                groups.setdefault(key[0], []).append((key, e))
+            for iface in sorted(groups):
+                for key, e in groups[iface]:
+                    cols["ws"].append(ws)
+                    for name, v in zip(FLOW_COLUMNS[1:10], key):
+                        cols[name].append(v)
+                    for name, v in zip(FLOW_COLUMNS[10:], e):
+                        cols[name].append(v)
+            self.nflows -= len(table.flows)
+            for iface, s in table.skip.items():
+                skips.append((ws, iface, s[0], s[1], s[2]))
+        flows = {c: np.array(v, dtype=_FLOW_DTYPES.get(c, np.int64)) for c, v in cols.items()}
+        return Taken(flows, skips)
 
-    def flush(self) -> list[Record]:
+
+def count_malformed(st: MeterStats, reason: int, n: int) -> None:
+    st.malformed += n
+    text = REASONS[reason] or "undecodable"
+    st.malformed_reasons[text] = st.malformed_reasons.get(text, 0) + n
+
+
+class Meter:
+    """Aggregates decoded frames into per-window flow records.
+
+    ``interfaces`` is the run's interface list (it may grow while the run goes on);
+    ``link_iface()`` maps a frame's link index to its interface index. ``compiled``
+    chooses the compiled aggregator (numba) over the plain-Python one; both give the
+    same records.
+    """
+
+    def __init__(self, interfaces: Sequence[str], link_iface: Callable[[], np.ndarray], *,
+                 window: int = 60, lateness: int = 5, max_flows: int = 1_000_000,
+                 account_id: str | None = None, timestamps: str = "window", compiled: bool = False):
+        if window < 1:
+            raise ValueError("window must be at least 1 second")
+        self.interfaces = interfaces
+        self._link_iface = link_iface
+        self.W = int(window)
+        self.L = int(lateness)
+        self.max_flows = int(max_flows)
+        self.account_id = account_id
+        self.first_last = timestamps == "first-last"
+        self.compiled = compiled
+        self.stats = MeterStats()
+        if compiled:
+            from .fast.meter import JitAggregator
+            self.agg = JitAggregator(self.W, self.L, self.max_flows, self.stats)
+        else:
+            self.agg = PyAggregator(self.W, self.L, self.max_flows, self.stats)
+        self._last_end: int | None = None       # end of the newest emitted window
+        self._idle_from: dict[int, int | None] = {}  # tracked interface -> start of its idle run
+
+    # -- input ---------------------------------------------------------------------------
+    def add(self, batch: FrameBatch, cols: Columns) -> list[RecordBatch]:
+        """Account a decoded batch; return the records of the windows it closed."""
+        out: list[RecordBatch] = []
+        n = len(batch)
+        self.stats.frames += n
+        if n:
+            ifaces = self._link_iface()[batch.link]
+            i = 0
+            while True:
+                code, i = self.agg.add(i, ifaces, batch, cols)
+                if code == DONE:
+                    break
+                out.append(self._emit_until(self.agg.max_sec - self.W - self.L))
+        for loss in batch.losses:
+            self.lost(loss)
+        return [b for b in out if len(b)]
+
+    def lost(self, loss: Loss) -> None:
+        """Account traffic a source could not deliver (SKIPDATA for its window)."""
+        self.stats.lost_packets += loss.packets
+        max_sec = self.agg.max_sec
+        sec = loss.sec if loss.sec >= 0 else (max_sec or 0)
+        iface = int(self._link_iface()[loss.link])
+        self.agg.skip(sec - sec % self.W, iface, loss.packets, loss.bytes)
+
+    # -- output --------------------------------------------------------------------------
+    def _emit_until(self, threshold: int) -> RecordBatch:
+        """Emit every open window starting at or before ``threshold`` (and pending late flows)."""
+        W = self.W
+        closing = [w for w in self.agg.open_windows() if w <= threshold]
+        batch = self._emit(closing)
+        new_horizon = threshold - threshold % W + W
+        if self.agg.horizon is None or new_horizon > self.agg.horizon:
+            self.agg.horizon = new_horizon
+        return batch
+
+    def flush(self) -> list[RecordBatch]:
         """Emit everything still open (end of input, or a signal): the run's last records."""
-        out = self._emit_late()
-        for ws in sorted(self._open):
-            out += self._emit_window(ws, self._open.pop(ws))
+        batch = self._emit(self.agg.open_windows())
+        trailing = []
         if self._last_end is not None:
             for iface in sorted(self._idle_from):
                 idle = self._idle_from[iface]
                 if idle is not None:
-                    out.append(self._nodata(iface, idle, self._last_end))
+                    trailing.append((KIND_NODATA, iface, idle, self._last_end))
                     self._idle_from[iface] = None
-        if self._last_end is not None:
-            self._horizon = self._last_end
-        return out
+            self.agg.horizon = self._last_end
+        out = [batch, self._special_rows(trailing)]
+        return [b for b in out if len(b)]
 
-    def _emit_late(self) -> list[Record]:
-        out: list[Record] = []
-        for ws in sorted(self._late):
-            table = self._late.pop(ws)
-            groups = _by_interface(table)
-            for iface in sorted(set(groups) | set(table.skip)):
-                out += self._records(ws, groups.get(iface, ()), table.skip.get(iface), iface)
-        return out
+    def _emit(self, closing: list[int]) -> RecordBatch:
+        """Records of the late windows, then of the closing ones, as one batch."""
+        late = self.agg.late_windows()
+        taken = self.agg.take(late + closing)
+        flows = taken.flows
+        ws_col = flows["ws"]
+        iface_col = flows["iface"]
+        skips: dict[tuple[int, int], tuple] = {(s[0], s[1]): s for s in taken.skips}
+        # rows come sorted by window (late windows all precede the closing ones), then interface
+        pieces: list = []      # (lo, hi) flow row ranges and special rows (NODATA, SKIPDATA), in order
 
-    def _emit_window(self, ws: int, table: _Window) -> list[Record]:
+        def window_rows(ws: int) -> tuple[int, int]:
+            return int(np.searchsorted(ws_col, ws, "left")), int(np.searchsorted(ws_col, ws, "right"))
+
+        def add_interface(ws: int, iface: int, lo: int, hi: int) -> None:
+            a = lo + int(np.searchsorted(iface_col[lo:hi], iface, "left"))
+            b = lo + int(np.searchsorted(iface_col[lo:hi], iface, "right"))
+            if b > a:
+                pieces.append((a, b))
+            s = skips.get((ws, iface))
+            if s is not None:
+                pieces.append((KIND_SKIPDATA, iface, ws, ws + self.W, s[2], s[3] if s[4] else -1))
+
+        def ifaces_in(ws: int, lo: int, hi: int) -> set[int]:
+            found = {iface for (w, iface) in skips if w == ws}
+            found.update(np.unique(iface_col[lo:hi]).tolist())
+            return found
+
+        for ws in late:
+            lo, hi = window_rows(ws)
+            for iface in sorted(ifaces_in(ws, lo, hi)):
+                add_interface(ws, iface, lo, hi)
         W = self.W
-        out: list[Record] = []
-        last_end = self._last_end
         idle = self._idle_from
-        if last_end is not None and ws > last_end:        # windows no frame fell in: idle everywhere
-            for iface in idle:
-                if idle[iface] is None:
-                    idle[iface] = last_end
-        if len(idle) < len(self._first_window):          # interfaces observed from this window on
-            for iface, first in self._first_window.items():
-                if iface not in idle and first <= ws:
+        for ws in closing:
+            last_end = self._last_end
+            if last_end is not None and ws > last_end:        # windows no frame fell in: idle everywhere
+                for iface in idle:
+                    if idle[iface] is None:
+                        idle[iface] = last_end
+            first_window = self.agg.first_window
+            if len(idle) < len(first_window):                 # interfaces observed from this window on
+                for iface, first in first_window.items():
+                    if iface not in idle and first <= ws:
+                        idle[iface] = None
+            lo, hi = window_rows(ws)
+            active = ifaces_in(ws, lo, hi)
+            for iface in sorted(set(idle) | active):
+                if iface in active:
+                    if idle.get(iface) is not None:
+                        pieces.append((KIND_NODATA, iface, idle[iface], ws, 0, -1))
                     idle[iface] = None
-        groups = _by_interface(table)
-        for iface in sorted(set(idle) | set(groups) | set(table.skip)):
-            if iface in groups or iface in table.skip:
-                if idle.get(iface) is not None:
-                    out.append(self._nodata(iface, idle[iface], ws))
-                idle[iface] = None
-                out += self._records(ws, groups.get(iface, ()), table.skip.get(iface), iface)
-            elif idle[iface] is None:
-                idle[iface] = ws
-        self._last_end = ws + W
-        self.stats.windows += 1 + (0 if last_end is None or ws <= last_end else (ws - last_end) // W)
-        return out
+                    add_interface(ws, iface, lo, hi)
+                elif idle[iface] is None:
+                    idle[iface] = ws
+            self._last_end = ws + W
+            self.stats.windows += 1 + (0 if last_end is None or ws <= last_end else (ws - last_end) // W)
+        return self._assemble(flows, pieces)
 
-    def _records(self, ws: int, flows, s: list | None, iface: int) -> list[Record]:
-        """The OK records of one interface's flows in a window (first-seen order), then its SKIPDATA."""
-        out = []
+    def _special_rows(self, rows) -> RecordBatch:
+        return self._assemble({c: np.zeros(0, _FLOW_DTYPES.get(c, np.int64)) for c in FLOW_COLUMNS},
+                              [(kind, iface, start, end, 0, -1) for kind, iface, start, end in rows])
+
+    def _assemble(self, flows: dict[str, np.ndarray], pieces: list) -> RecordBatch:
+        """Build the emission's columns: taken flow rows and special rows, in ``pieces`` order."""
         W = self.W
-        acct = self.account_id
-        name = self.interfaces[iface]
         st = self.stats
-        for key, e in flows:
-            fam = key[1]
-            if self.first_last:
-                start, end = e[_FS], e[_LS]
+        nflows = len(flows["ws"])
+        specials = [p for p in pieces if len(p) != 2]
+        # index into an extended table: flow rows first, then one row per special piece
+        order = []
+        k = nflows
+        for p in pieces:
+            if len(p) == 2:
+                order.append(np.arange(p[0], p[1], dtype=np.int64))
             else:
-                start, end = ws, ws + W
-            out.append(Record(
-                acct, name, format_addr(fam, key[2], key[3]), format_addr(fam, key[4], key[5]),
-                key[6], key[7], key[8], e[_PK], e[_BY], start, end, "ACCEPT", "OK",
-                tcp_flags=e[_FL], type="IPv4" if fam == 4 else "IPv6",
-                first_seen=(e[_FS], e[_FNS]), last_seen=(e[_LS], e[_LNS])))
-        self._nflows -= len(out)
-        st.flows += len(out)
-        if s is not None:
-            out.append(Record(acct, name, packets=s[0], bytes=s[1] if s[2] else None,
-                              start=ws, end=ws + W, log_status="SKIPDATA"))
-            st.skipdata_records += 1
-        st.records += len(out)
-        return out
+                order.append(np.array([k], np.int64))
+                k += 1
+        idx = np.concatenate(order) if order else np.zeros(0, np.int64)
+        ns = len(specials)
+        kind = np.concatenate([np.full(nflows, KIND_OK, np.int8),
+                               np.array([p[0] for p in specials], np.int8)])
+        iface = np.concatenate([flows["iface"], np.array([p[1] for p in specials], np.int64)])
+        sp_start = np.array([p[2] for p in specials], np.int64)
+        sp_end = np.array([p[3] for p in specials], np.int64)
+        if self.first_last:
+            start = np.concatenate([flows["fs"], sp_start])
+            end = np.concatenate([flows["ls"], sp_end])
+        else:
+            start = np.concatenate([flows["ws"], sp_start])
+            end = np.concatenate([flows["ws"] + W, sp_end])
+        packets = np.concatenate([flows["pk"], np.array([p[4] for p in specials], np.int64)])
+        nbytes = np.concatenate([flows["by"], np.array([p[5] for p in specials], np.int64)])
+        zeros = np.zeros(ns, np.int64)
+        uz = np.zeros(ns, np.uint64)
 
-    def _nodata(self, iface: int, start: int, end: int) -> Record:
-        self.stats.nodata_records += 1
-        self.stats.records += 1
-        return Record(self.account_id, self.interfaces[iface], start=start, end=end, log_status="NODATA")
+        def col(name, pad):
+            return np.concatenate([flows[name], pad])
 
-
-def _by_interface(table: _Window) -> dict[int, list]:
-    """A window's flows grouped by interface, each group in first-seen order."""
-    groups: dict[int, list] = {}
-    for key, e in table.flows.items():
-        g = groups.get(key[0])
-        if g is None:
-            g = groups[key[0]] = []
-        g.append((key, e))
-    return groups
+        batch = RecordBatch(
+            interfaces=self.interfaces, account_id=self.account_id,
+            kind=kind[idx], iface=iface[idx], fam=col("fam", zeros)[idx],
+            shi=col("shi", uz)[idx], slo=col("slo", uz)[idx], dhi=col("dhi", uz)[idx], dlo=col("dlo", uz)[idx],
+            sport=col("sport", zeros)[idx], dport=col("dport", zeros)[idx], proto=col("proto", zeros)[idx],
+            packets=packets[idx], bytes=nbytes[idx], start=start[idx], end=end[idx],
+            flags=col("fl", zeros)[idx], fs=col("fs", zeros)[idx], fns=col("fns", zeros)[idx],
+            ls=col("ls", zeros)[idx], lns=col("lns", zeros)[idx])
+        st.flows += nflows
+        n_nodata = sum(1 for p in specials if p[0] == KIND_NODATA)
+        st.nodata_records += n_nodata
+        st.skipdata_records += ns - n_nodata
+        st.records += nflows + ns
+        return batch

@@ -99,3 +99,47 @@ def format_addr(family: int, hi: int, lo: int) -> str:
 def format_time(t) -> str:
     """A (sec, nsec) time as seconds with 9 decimals."""
     return f"{t[0]}.{t[1]:09d}"
+
+
+KIND_OK, KIND_NODATA, KIND_SKIPDATA = 0, 1, 2
+_STATUS = {KIND_OK: "OK", KIND_NODATA: "NODATA", KIND_SKIPDATA: "SKIPDATA"}
+
+
+class RecordBatch:
+    """The records of one emission as columns; :meth:`records` gives them as :class:`Record` objects.
+
+    ``kind`` is KIND_OK, KIND_NODATA or KIND_SKIPDATA; addresses are 64-bit halves as in
+    :mod:`flowlog.core.decode`; ``bytes`` is -1 where unknown; ``fs``/``fns`` and
+    ``ls``/``lns`` are the first and last packet times (seconds, nanoseconds).
+    """
+
+    COLUMNS = ("kind", "iface", "fam", "shi", "slo", "dhi", "dlo", "sport", "dport", "proto", "packets",
+               "bytes", "start", "end", "flags", "fs", "fns", "ls", "lns")
+    __slots__ = COLUMNS + ("interfaces", "account_id")
+
+    def __init__(self, interfaces, account_id, **columns):
+        self.interfaces = interfaces
+        self.account_id = account_id
+        for name in self.COLUMNS:
+            setattr(self, name, columns[name])
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def records(self) -> list[Record]:
+        acct = self.account_id
+        names = self.interfaces
+        out = []
+        cols = [getattr(self, c).tolist() for c in self.COLUMNS]
+        for kind, iface, fam, shi, slo, dhi, dlo, sp, dp, pr, pk, by, start, end, fl, fs, fns, ls, lns in zip(*cols):
+            name = names[iface]
+            if kind == KIND_OK:
+                out.append(Record(acct, name, format_addr(fam, shi, slo), format_addr(fam, dhi, dlo), sp, dp, pr,
+                                  pk, by, start, end, "ACCEPT", "OK", tcp_flags=fl,
+                                  type="IPv4" if fam == 4 else "IPv6", first_seen=(fs, fns), last_seen=(ls, lns)))
+            elif kind == KIND_NODATA:
+                out.append(Record(acct, name, start=start, end=end, log_status="NODATA"))
+            else:
+                out.append(Record(acct, name, packets=pk, bytes=None if by < 0 else by, start=start, end=end,
+                                  log_status="SKIPDATA"))
+        return out

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import jit
 from .api import Sink, Source, SourceContext
 from .bpf import BpfFilter
 from .decode import decode_batch
@@ -29,6 +30,8 @@ class RunOptions:
     count: int | None = None
     bpf_filter: str | None = None
     snaplen: int = 262144
+    #: the compiled (numba) path: True, False, or None to decide by the input's size (flowlog.core.jit)
+    compiled: bool | None = None
 
     def check(self) -> None:
         if self.window < 1:
@@ -81,9 +84,10 @@ class Run:
         self._stop = False
         self._linktypes = np.zeros(0, np.int64)
         self._link_iface = np.zeros(0, np.int64)
-        self.meter = Meter(self.ctx.interfaces, self.link_iface, window=options.window,
-                           lateness=options.lateness, max_flows=options.max_flows,
-                           account_id=options.account_id, timestamps=options.timestamps)
+        self._meter_options = dict(window=options.window, lateness=options.lateness,
+                                   max_flows=options.max_flows, account_id=options.account_id,
+                                   timestamps=options.timestamps)
+        self.meter: Meter | None = None
 
     def link_iface(self) -> np.ndarray:
         self._refresh_links()
@@ -99,6 +103,14 @@ class Run:
         """Open every source and sink; errors here stop the run before any output."""
         for s in self.sources:
             s.open(self.ctx)
+        compiled = self.options.compiled
+        if compiled is None:
+            hints = [s.size_hint() for s in self.sources]
+            compiled = jit.wanted(None if None in hints else sum(hints))
+        elif compiled and not jit.available():
+            raise ConfigError("the compiled path needs numba (pip install numba), or set FLOWLOG_NO_JIT=1")
+        self.compiled = compiled
+        self.meter = Meter(self.ctx.interfaces, self.link_iface, compiled=compiled, **self._meter_options)
         self._filter = None
         if self.options.bpf_filter:
             self._filter = BpfFilter(self.options.bpf_filter, self.options.snaplen)
@@ -162,10 +174,10 @@ class Run:
                 result.interrupted = True
                 break
 
-    def _deliver(self, records) -> None:
-        if records:
+    def _deliver(self, batches) -> None:
+        for batch in batches:
             for k in self.sinks:
-                k.write(records)
+                k.write_batch(batch)
 
 
 def run_batches(batches, linktypes: Sequence[int], interfaces: Sequence[str], **meter_options):
@@ -175,8 +187,10 @@ def run_batches(batches, linktypes: Sequence[int], interfaces: Sequence[str], **
     meter = Meter(list(interfaces), lambda: link_iface, **meter_options)
     out = []
     for b in batches:
-        out += meter.add(b, decode_batch(b, lt))
-    out += meter.flush()
+        for rb in meter.add(b, decode_batch(b, lt)):
+            out += rb.records()
+    for rb in meter.flush():
+        out += rb.records()
     return out, meter.stats
 
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 
 import pytest
 
-from flowlog.core import synth
+from flowlog.core import jit, synth
 from flowlog.core.frames import FrameBatch, Loss
 from flowlog.core.meter import Meter
-from flowlog.core.run import run_batches
+from flowlog.core.run import run_batches as _run_batches
+
+run_batches = _run_batches
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def aggregator(request, monkeypatch):
+    """Every test runs with the plain-Python and the compiled aggregator: the records must not differ."""
+    compiled = request.param == "compiled"
+    if compiled and not jit.available():
+        pytest.skip("numba is not available (or FLOWLOG_NO_JIT is set): compiled aggregator not tested")
+    monkeypatch.setattr(sys.modules[__name__], "run_batches", functools.partial(_run_batches, compiled=compiled))
+    return request.param
 
 A, B = "192.0.2.1", "198.51.100.7"
 
