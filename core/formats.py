@@ -50,6 +50,14 @@ class Formatter:
         self._rows.extend([_text(r.get(f), f) for f in fields] for r in records)
         return []
 
+    def render(self, batch) -> bytes | None:
+        """The batch's lines as bytes by the compiled text kernel, or None where it does not apply."""
+        if batch.compiled and self.fmt == "text" and self.fields == V2_FIELDS:
+            from .fast.text import text_v2
+
+            return text_v2(batch)
+        return None
+
     def finish(self) -> list[str]:
         if self.fmt != "table":
             return []

@@ -421,7 +421,7 @@ class Meter:
             return np.concatenate([flows[name], pad])
 
         batch = RecordBatch(
-            interfaces=self.interfaces, account_id=self.account_id,
+            interfaces=self.interfaces, account_id=self.account_id, compiled=self.compiled,
             kind=kind[idx], iface=iface[idx], fam=col("fam", zeros)[idx],
             shi=col("shi", uz)[idx], slo=col("slo", uz)[idx], dhi=col("dhi", uz)[idx], dlo=col("dlo", uz)[idx],
             sport=col("sport", zeros)[idx], dport=col("dport", zeros)[idx], proto=col("proto", zeros)[idx],

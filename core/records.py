@@ -115,11 +115,13 @@ class RecordBatch:
 
     COLUMNS = ("kind", "iface", "fam", "shi", "slo", "dhi", "dlo", "sport", "dport", "proto", "packets",
                "bytes", "start", "end", "flags", "fs", "fns", "ls", "lns")
-    __slots__ = COLUMNS + ("interfaces", "account_id")
+    __slots__ = COLUMNS + ("interfaces", "account_id", "compiled")
 
-    def __init__(self, interfaces, account_id, **columns):
+    def __init__(self, interfaces, account_id, compiled: bool = False, **columns):
         self.interfaces = interfaces
         self.account_id = account_id
+        #: made by the compiled path: compiled kernels may render it (numba is already loaded)
+        self.compiled = compiled
         for name in self.COLUMNS:
             setattr(self, name, columns[name])
 

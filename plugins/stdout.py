@@ -29,6 +29,18 @@ class StdoutSink(Sink):
     def write(self, records) -> None:
         self._out(self.formatter.lines(records))
 
+    def write_batch(self, batch) -> None:
+        data = self.formatter.render(batch)
+        if data is None:
+            self.write(batch.records())
+            return
+        try:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            _closed()
+
     def close(self) -> None:
         self._out(self.formatter.finish())
 
@@ -40,8 +52,12 @@ class StdoutSink(Sink):
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            # The reader is gone (| head): point stdout at /dev/null so that the
-            # interpreter's own flush at exit stays quiet, and end the run.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise OutputClosed("output closed") from None
+            _closed()
+
+
+def _closed():
+    """The reader is gone (| head): point stdout at /dev/null so that the interpreter's
+    own flush at exit stays quiet, and end the run."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise OutputClosed("output closed") from None

@@ -105,3 +105,37 @@ def test_no_jit_environment_variable(tmp_path):
     assert fast.stdout == slow.stdout and fast.stdout
     assert fast.stderr.split()[-1] == "True"
     assert slow.stderr.split()[-1] == "False"
+
+
+def test_compiled_text_is_the_formatters_text(tmp_path):
+    """The text kernel writes exactly what the Python formatter writes, for every kind of record and address."""
+    from flowlog.core.fast.text import text_v2
+    from flowlog.core.formats import Formatter
+    from flowlog.core.meter import Meter
+    from flowlog.core.decode import decode_batch
+    from flowlog.core.frames import FrameBatch
+    import numpy as np
+
+    addrs = ["0.0.0.0", "255.255.255.255", "10.0.0.1", "::", "::1", "1::", "2001:db8::1", "2001:db8:0:1:0:0:0:1",
+             "2001:0:0:1:0:0:0:1", "fe80::8c36:6ff:fe44:acaf", "::ffff:192.0.2.1", "::192.0.2.1",
+             "1:2:3:4:5:6:7:8", "1:0:3:4:5:6:7:8", "0:0:1:0:0:0:0:1", "ff02::1:ff00:3", "8000::"]
+    frames = []
+    t = 1_000_000_000
+    for k, a in enumerate(addrs):
+        for b in addrs:
+            if (":" in a) == (":" in b):
+                t += 7
+                frames.append((t, 0, synth.packet(a, b, 17 if k % 2 else 6, k, 65535 - k, k * 13)))
+    frames.append((t + 1, 0, synth.ETH_IPV4 + b"\x45\x00"))                 # malformed: SKIPDATA, bytes -
+    frames.append((t + 4000, 0, synth.packet("10.0.0.1", "10.0.0.2", 1)))    # after a gap: NODATA
+    batch = FrameBatch.from_frames(frames)
+    lt = np.array([1])
+    for account in (None, "1251762227"):
+        meter = Meter(["eth0 with-no-space", "eni-lq6mkcis"], lambda: np.array([1]), compiled=True,
+                      account_id=account, max_flows=200)
+        out = meter.add(batch, decode_batch(batch, lt)) + meter.flush()
+        fmt = Formatter("text")
+        assert sum(len(b) for b in out) > 150
+        for rb in out:
+            expected = "".join(line + "\n" for line in fmt.lines(rb.records()))
+            assert text_v2(rb).decode() == expected
