@@ -16,7 +16,7 @@ from flowlog.core.errors import ConfigError, FlowlogError
 from flowlog.core.formats import FORMATS
 from flowlog.core.plugins import get_registry
 from flowlog.core.records import parse_fields
-from flowlog.core.run import Run, RunOptions
+from flowlog.core.run import MAX_WINDOW, Run, RunOptions
 from flowlog.core.uri import URI
 
 #: Inputs at least this large get a progress bar (when stderr is a terminal).
@@ -84,7 +84,7 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
               help="Stop after COUNT frames (that pass the filter).")
 @click.option("-F", "filter_file", type=click.File("r"), metavar="FILE",
               help="Read the filter expression from FILE.")
-@click.option("--window", type=click.IntRange(min=1), default=60, show_default=True, metavar="SECONDS",
+@click.option("--window", type=click.IntRange(min=1, max=MAX_WINDOW), default=60, show_default=True, metavar="SECONDS",
               help="Capture window length; windows are aligned to the Unix epoch.")
 @click.option("--lateness", type=click.IntRange(min=0), default=5, show_default=True, metavar="SECONDS",
               help="How long after its end a window waits for late frames.")

@@ -39,6 +39,8 @@ class SourceContext:
         self._warn = warn or (lambda msg: None)
         self.warnings: list[str] = []
         self.damage: list[str] = []
+        #: the run uses the compiled (numba) path: sources may use compiled kernels too
+        self.compiled = False
 
     def interface_id(self, name: str) -> str:
         """The interface-id records carry for an interface the source calls ``name``."""

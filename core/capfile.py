@@ -18,6 +18,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from . import jit
 from .api import SourceContext
 from .errors import SourceError
 from .frames import FrameBatch
@@ -41,7 +42,11 @@ MAX_RECORD = 1 << 24
 MAX_SECONDS = 1 << 62
 
 BATCH_FRAMES = 32768
+#: Frames per batch on the compiled path (classic pcap): per-batch costs matter more there.
+BATCH_FRAMES_COMPILED = 65536
 BUFFER_SIZE = 4 << 20
+#: The compiled path reads in larger pieces: fewer batches, less per-batch work.
+BUFFER_SIZE_COMPILED = 16 << 20
 
 
 def sniff(path: str) -> str:
@@ -90,18 +95,37 @@ def _open(path: str) -> BinaryIO:
 
 
 class CaptureFile:
-    """One capture file, read as a stream of frame batches."""
+    """One capture file, read as a stream of frame batches.
+
+    ``compiled``: walk classic pcap records with the compiled kernel
+    (:mod:`flowlog.core.fast.pcap`); None: when :func:`flowlog.core.jit.wanted` says so for
+    the file's size. Both walks give the same batches; pcapng is always walked in Python.
+    ``batch_frames``: most frames per batch (None: :data:`BATCH_FRAMES`, or
+    :data:`BATCH_FRAMES_COMPILED` on the compiled path); a batch also ends where the data
+    in the buffer does.
+    """
 
     def __init__(self, path: str, ctx: SourceContext, name: str | None = None,
-                 batch_frames: int = BATCH_FRAMES, buffer_size: int = BUFFER_SIZE):
+                 batch_frames: int | None = None, buffer_size: int | None = None,
+                 compiled: bool | None = None):
         self.path = path
         self.ctx = ctx
         self.name = name or _stem(path)
-        self.batch_frames = batch_frames
         self.kind = sniff(path)
         self.size = os.path.getsize(path)
+        if compiled is None:
+            compiled = self.kind == "pcap" and jit.wanted(self.size)
+        #: the compiled walk is used (classic pcap only)
+        self.compiled = bool(compiled) and self.kind == "pcap"
+        #: read and walk in a second thread (compiled classic pcap, default batch size)
+        self.prefetch = self.compiled and batch_frames is None
+        if batch_frames is None:
+            batch_frames = BATCH_FRAMES_COMPILED if self.compiled else BATCH_FRAMES
+        self.batch_frames = batch_frames
         self._raw_pos = 0
         self.frames = 0
+        if buffer_size is None:
+            buffer_size = BUFFER_SIZE_COMPILED if self.compiled else BUFFER_SIZE
         self._buf = bytearray(buffer_size)
         self._f: BinaryIO | None = None
         self._start = 0      # start of unread data in _buf
@@ -254,6 +278,125 @@ class CaptureFile:
             self._f = None
 
     def batches(self) -> Iterator[FrameBatch]:
+        if self.compiled and self.prefetch:
+            return self._batches_prefetch()
+        if self.compiled:
+            return self._batches_compiled()
+        return self._batches_python()
+
+    def _batches_prefetch(self) -> Iterator[FrameBatch]:
+        """The compiled walk with reading and walking in a second thread, two buffers in turn.
+
+        ``readinto`` and the walk kernel release the GIL, so the file is read and walked
+        while the caller decodes and counts the batch before. A buffer is refilled only
+        once the caller has asked for the batch after the last one in it (the batch
+        contract of :class:`FrameBatch`).
+        """
+        import queue
+        import threading
+
+        from .fast.pcap import CORRUPT, FULL, walk_pcap
+
+        rsize = self._rec_size
+        limit = max(self._snaplen, 262144, MAX_RECORD)
+        big = self._endian == ">"
+        bufs = [self._buf, bytearray(len(self._buf))]
+        free = [threading.Semaphore(1), threading.Semaphore(1)]
+        out: queue.Queue = queue.Queue(maxsize=4)
+        stop = threading.Event()
+        f = self._f
+        # the header was read into _buf by _open_header: what follows it is the first carry-over
+        carry = bytes(self._buf[self._start:self._end])
+        carry_pos = self._file_pos + self._start
+
+        def reader():
+            nonlocal carry, carry_pos
+            which = 0
+            try:
+                eof = False
+                while not stop.is_set():
+                    free[which].acquire()
+                    if stop.is_set():
+                        return
+                    buf = bufs[which]
+                    need = len(carry) + rsize
+                    if len(carry) >= rsize:
+                        caplen = int.from_bytes(carry[8:12], "big" if big else "little")
+                        if caplen <= limit:       # a larger one is corrupt: the walk says so
+                            need = max(need, rsize + caplen)
+                    if need > len(buf):
+                        buf = bufs[which] = bytearray(max(need, 2 * len(buf)))
+                    buf[:len(carry)] = carry
+                    filled = len(carry)
+                    base = carry_pos
+                    while filled < len(buf) and not eof:
+                        got = f.readinto(memoryview(buf)[filled:])
+                        if not got:
+                            eof = True
+                        filled += got or 0
+                    view = np.frombuffer(buf, np.uint8)
+                    start = 0
+                    batches = []
+                    while True:
+                        room = min(self.batch_frames, max(1, (filled - start) // rsize))
+                        cols = (np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.int64),
+                                np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.int32))
+                        n, start, status, normalised = walk_pcap(view, start, filled, big, self._frac_unit, rsize,
+                                                                 limit, self._link, room, *cols)
+                        if n:
+                            batches.append(FrameBatch(view, *(c[:n] for c in cols)))
+                        if normalised:
+                            batches.append(("normalised", normalised))
+                        if status == CORRUPT:
+                            caplen = int.from_bytes(buf[start + 8:start + 12], "big" if big else "little")
+                            batches.append(("damaged", f"{self.path}: record at byte {base + start} claims {caplen} "
+                                            f"captured bytes; the file is corrupt from there, stopped reading it"))
+                            out.put((which, batches, False))
+                            return
+                        if status != FULL:
+                            break
+                    carry = bytes(buf[start:filled])
+                    carry_pos = base + start
+                    if eof:
+                        if carry:
+                            what = "a record header" if len(carry) < rsize else "a record"
+                            batches.append(("damaged", f"{self.path}: cut short at byte {base + filled} inside "
+                                            f"{what} (file still being written, or truncated); read what came "
+                                            f"before"))
+                        out.put((which, batches, False))
+                        return
+                    out.put((which, batches, True))
+                    which ^= 1
+            except (OSError, EOFError, lzma.LZMAError, zlib_error()) as e:
+                out.put((which, [("damaged", f"{self.path}: read error: {e}")], False))
+            except BaseException as e:    # noqa: BLE001 - handed to the caller's thread, raised there
+                out.put((which, [("error", e)], False))
+
+        thread = threading.Thread(target=reader, name=f"flowlog-read-{self.name}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                which, items, more = out.get()
+                for item in items:
+                    if isinstance(item, FrameBatch):
+                        yield item
+                    elif item[0] == "normalised":
+                        self.normalised_timestamps += item[1]
+                    elif item[0] == "damaged":
+                        self._damaged(item[1])
+                    else:
+                        raise item[1]
+                free[which].release()
+                if not more:
+                    break
+        finally:
+            stop.set()
+            free[0].release()
+            free[1].release()
+            thread.join()
+            self.close()
+
+    def _batches_python(self) -> Iterator[FrameBatch]:
         walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
         try:
             while True:
@@ -322,6 +465,58 @@ class CaptureFile:
             link_l.append(link)
             self._start += rsize + caplen
         return True
+
+    def _batches_compiled(self) -> Iterator[FrameBatch]:
+        try:
+            while True:
+                batch, more = self._walk_pcap_compiled()
+                if batch is not None:
+                    yield batch
+                if not more:
+                    break
+        finally:
+            self.close()
+
+    def _walk_pcap_compiled(self) -> tuple[FrameBatch | None, bool]:
+        """:meth:`_walk_pcap` by the compiled kernel: (the batch or None, whether more may follow)."""
+        from .fast.pcap import CORRUPT, FULL, walk_pcap
+
+        rsize = self._rec_size
+        limit = max(self._snaplen, 262144, MAX_RECORD)
+        big = self._endian == ">"
+        while True:
+            # the buffer object changes when _fill grows it: view it afresh
+            buf = np.frombuffer(self._buf, np.uint8)
+            room = min(self.batch_frames, max(1, (self._end - self._start) // rsize))
+            cols = (np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.int64),
+                    np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.int32))
+            n, self._start, status, normalised = walk_pcap(
+                buf, self._start, self._end, big, self._frac_unit, rsize, limit, self._link, room, *cols)
+            self.normalised_timestamps += normalised
+            if n:
+                off, cap, wire, sec, nsec, link = (c[:n] for c in cols)
+                return FrameBatch(buf, off, cap, wire, sec, nsec, link), status != CORRUPT or self._corrupt()
+            if status == FULL:          # batch_frames < 1: as _walk_pcap, an empty batch
+                return None, True
+            if status == CORRUPT:
+                return None, self._corrupt()
+            # the batch's first record is not whole in the buffer: refill, as _walk_pcap does
+            if self._end - self._start < rsize:
+                if not self._fill(rsize):
+                    if self._end > self._start:
+                        self._truncated("a record header")
+                    return None, False
+            else:
+                caplen = struct.unpack_from(self._endian + "I", self._buf, self._start + 8)[0]
+                if not self._fill(rsize + caplen):
+                    self._truncated("a record")
+                    return None, False
+
+    def _corrupt(self) -> bool:
+        caplen = struct.unpack_from(self._endian + "I", self._buf, self._start + 8)[0]
+        self._damaged(f"{self.path}: record at byte {self._offset()} claims {caplen} captured bytes; "
+                         f"the file is corrupt from there, stopped reading it")
+        return False
 
     def _walk_pcapng(self, cols) -> bool:
         off, cap, wire, sec_l, nsec_l, link_l = cols

@@ -18,6 +18,10 @@ from .merge import merge
 from .meter import Meter, MeterStats
 
 
+#: Longest window (seconds): about 68 years; times within a window are kept in nanoseconds.
+MAX_WINDOW = 2**31 - 1
+
+
 @dataclass
 class RunOptions:
     window: int = 60
@@ -34,8 +38,8 @@ class RunOptions:
     compiled: bool | None = None
 
     def check(self) -> None:
-        if self.window < 1:
-            raise ConfigError("--window must be at least 1 second")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ConfigError(f"--window must be from 1 to {MAX_WINDOW} seconds")
         if self.lateness < 0:
             raise ConfigError("--lateness cannot be negative")
         if self.max_flows < 1:
@@ -109,7 +113,7 @@ class Run:
             compiled = jit.wanted(None if None in hints else sum(hints))
         elif compiled and not jit.available():
             raise ConfigError("the compiled path needs numba (pip install numba), or set FLOWLOG_NO_JIT=1")
-        self.compiled = compiled
+        self.compiled = self.ctx.compiled = compiled
         self.meter = Meter(self.ctx.interfaces, self.link_iface, compiled=compiled, **self._meter_options)
         self._filter = None
         if self.options.bpf_filter:
@@ -164,7 +168,7 @@ class Run:
                 remaining = 0
             elif remaining is not None:
                 remaining -= len(batch)
-            cols = decode_batch(batch, self._linktypes)
+            cols = decode_batch(batch, self._linktypes, compiled=self.compiled)
             self._deliver(self.meter.add(batch, cols))
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)
@@ -187,7 +191,7 @@ def run_batches(batches, linktypes: Sequence[int], interfaces: Sequence[str], **
     meter = Meter(list(interfaces), lambda: link_iface, **meter_options)
     out = []
     for b in batches:
-        for rb in meter.add(b, decode_batch(b, lt)):
+        for rb in meter.add(b, decode_batch(b, lt, compiled=meter.compiled)):
             out += rb.records()
     for rb in meter.flush():
         out += rb.records()

@@ -74,7 +74,7 @@ class PcapSource(Source):
     def open(self, ctx: SourceContext) -> None:
         super().open(ctx)
         for path in expand(self.spec, ctx.warn):
-            cf = CaptureFile(path, ctx)
+            cf = CaptureFile(path, ctx, compiled=False)
             first = cf.first_time()
             self._files.append((first, path))
 
@@ -90,7 +90,7 @@ class PcapSource(Source):
         return merge([(first, (lambda p=path: self._read(p))) for first, path in self._files])
 
     def _read(self, path: str):
-        cf = CaptureFile(path, self.ctx)
+        cf = CaptureFile(path, self.ctx, compiled=self.ctx.compiled)
         self._current.append(cf)
         try:
             yield from cf.batches()

@@ -39,8 +39,23 @@ class Columns:
     flags: np.ndarray
 
 
-def decode_batch(batch: FrameBatch, linktypes: np.ndarray) -> Columns:
-    """Decode every frame of ``batch``; ``linktypes[link]`` is the link type of each link index."""
+def decode_batch(batch: FrameBatch, linktypes: np.ndarray, compiled: bool | None = None) -> Columns:
+    """Decode every frame of ``batch``; ``linktypes[link]`` is the link type of each link index.
+
+    ``compiled``: decode with the compiled kernel (:mod:`flowlog.core.fast.decode`) or the
+    pure-Python walk (:mod:`.walk`); None: compiled when :func:`flowlog.core.jit.available`.
+    Both give identical columns. The pure path never imports numba.
+    """
+    if compiled is None:
+        from .. import jit
+        compiled = jit.available()
+    if compiled:
+        from ..fast.decode import decode_batch_fast
+        return decode_batch_fast(batch, linktypes)
+    return _decode_batch_python(batch, linktypes)
+
+
+def _decode_batch_python(batch: FrameBatch, linktypes: np.ndarray) -> Columns:
     n = len(batch)
     rows = [None] * n
     b = batch.buf.tobytes() if n else b""

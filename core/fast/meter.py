@@ -14,11 +14,13 @@ import numpy as np
 from ..decode import MALFORMED, NON_IP, OK, REASONS, Columns
 from ..frames import FrameBatch
 from ..jit import kernel
-from ..meter import DONE, EMIT, FLOW_COLUMNS, MeterStats, Taken
+from ..meter import DONE, EMIT, MeterStats, Taken
 
-# flow table columns
-USED, WS, IFACE, FAM, SHI, SLO, DHI, DLO, SPORT, DPORT, PROTO, PK, BY, FL, FS, FNS, LS, LNS, SEQ = range(19)
-NCOL = 19
+# flow table columns: KEY packs interface, family and protocol (never 0 in a used row: family is 4 or 6),
+# PORTS the two ports, FIRST and LAST the first and last packet times as nanoseconds since the window start
+KEY, WS, SHI, SLO, DHI, DLO, PORTS, PK, BY, FL, FIRST, LAST, SEQ = range(13)
+NCOL = 13
+NS = 1_000_000_000
 # skip table columns
 K_USED, K_WS, K_IFACE, K_PK, K_BY, K_UNKNOWN = range(6)
 KCOL = 6
@@ -40,27 +42,26 @@ def _mix(h, v):
 
 
 @kernel
-def _hash(ws, iface, fam, shi, slo, dhi, dlo, sport, dport, proto):
+def _hash(ws, key, shi, slo, dhi, dlo, ports):
     h = np.uint64(ws) * _K1
-    h = _mix(h, iface * 256 + fam)
+    h = _mix(h, key)
     h = _mix(h, shi)
     h = _mix(h, slo)
     h = _mix(h, dhi)
     h = _mix(h, dlo)
-    h = _mix(h, (sport << 24) | (dport << 8) | proto)
+    h = _mix(h, ports)
     h = (h ^ (h >> np.uint64(31))) * _K3
     return h ^ (h >> np.uint64(32))
 
 
 @kernel
-def _find(table, ws, iface, fam, shi, slo, dhi, dlo, sport, dport, proto):
+def _find(table, ws, key, shi, slo, dhi, dlo, ports):
     """Row of the flow, or -(row + 1) of the empty slot where it would go."""
     mask = table.shape[0] - 1
-    i = np.int64(_hash(ws, iface, fam, shi, slo, dhi, dlo, sport, dport, proto) & np.uint64(mask))
-    while table[i, USED]:
-        if (table[i, WS] == ws and table[i, SLO] == slo and table[i, DLO] == dlo and table[i, SPORT] == sport
-                and table[i, DPORT] == dport and table[i, PROTO] == proto and table[i, IFACE] == iface
-                and table[i, FAM] == fam and table[i, SHI] == shi and table[i, DHI] == dhi):
+    i = np.int64(_hash(ws, key, shi, slo, dhi, dlo, ports) & np.uint64(mask))
+    while table[i, KEY]:
+        if (table[i, SLO] == slo and table[i, DLO] == dlo and table[i, PORTS] == ports and table[i, KEY] == key
+                and table[i, WS] == ws and table[i, SHI] == shi and table[i, DHI] == dhi):
             return i
         i = (i + 1) & mask
     return -(i + 1)
@@ -178,32 +179,28 @@ def _add(i0, n, sec, nsec, iface, status, reason, fam, shi, slo, dhi, dlo, sport
                 anomalies[reason[i]] += 1
             b = nbytes[i]
             sc[S_IPBYTES] += b
-            k = _find(table, ws, f, fam[i], shi[i], slo[i], dhi[i], dlo[i], sport[i], dport[i], proto[i])
-            ns = nsec[i]
+            key = (f << 16) | (fam[i] << 8) | proto[i]
+            ports = (sport[i] << 16) | dport[i]
+            k = _find(table, ws, key, shi[i], slo[i], dhi[i], dlo[i], ports)
+            at = (t - ws) * NS + nsec[i]
             if k < 0:
                 if sc[S_NFLOWS] >= max_flows:
                     sc[S_OVER] += 1
                     _skip_add(skip, sc, ws, f, 1, b)
                     continue
                 k = -k - 1
-                table[k, USED] = 1
+                table[k, KEY] = key
                 table[k, WS] = ws
-                table[k, IFACE] = f
-                table[k, FAM] = fam[i]
                 table[k, SHI] = shi[i]
                 table[k, SLO] = slo[i]
                 table[k, DHI] = dhi[i]
                 table[k, DLO] = dlo[i]
-                table[k, SPORT] = sport[i]
-                table[k, DPORT] = dport[i]
-                table[k, PROTO] = proto[i]
+                table[k, PORTS] = ports
                 table[k, PK] = 1
                 table[k, BY] = b
                 table[k, FL] = flags[i]
-                table[k, FS] = t
-                table[k, FNS] = ns
-                table[k, LS] = t
-                table[k, LNS] = ns
+                table[k, FIRST] = at
+                table[k, LAST] = at
                 table[k, SEQ] = sc[S_SEQ]
                 sc[S_SEQ] += 1
                 sc[S_NFLOWS] += 1
@@ -211,12 +208,10 @@ def _add(i0, n, sec, nsec, iface, status, reason, fam, shi, slo, dhi, dlo, sport
                 table[k, PK] += 1
                 table[k, BY] += b
                 table[k, FL] |= flags[i]
-                if t < table[k, FS] or (t == table[k, FS] and ns < table[k, FNS]):
-                    table[k, FS] = t
-                    table[k, FNS] = ns
-                if t > table[k, LS] or (t == table[k, LS] and ns > table[k, LNS]):
-                    table[k, LS] = t
-                    table[k, LNS] = ns
+                if at < table[k, FIRST]:
+                    table[k, FIRST] = at
+                if at > table[k, LAST]:
+                    table[k, LAST] = at
         elif st == NON_IP:
             sc[S_NONIP] += 1
         else:
@@ -233,11 +228,10 @@ def _in_sorted(values, x):
 
 
 @kernel
-def _reinsert(table, row, src):
+def _reinsert(table, src):
     mask = table.shape[0] - 1
-    i = np.int64(_hash(src[WS], src[IFACE], src[FAM], src[SHI], src[SLO], src[DHI], src[DLO], src[SPORT],
-                       src[DPORT], src[PROTO]) & np.uint64(mask))
-    while table[i, USED]:
+    i = np.int64(_hash(src[WS], src[KEY], src[SHI], src[SLO], src[DHI], src[DLO], src[PORTS]) & np.uint64(mask))
+    while table[i, KEY]:
         i = (i + 1) & mask
     table[i, :] = src
 
@@ -247,20 +241,20 @@ def _split(old, new, windows, out):
     """Move the flows of ``windows`` (sorted) to ``out``; the rest into the empty table ``new``."""
     m = 0
     for r in range(old.shape[0]):
-        if old[r, USED]:
+        if old[r, KEY]:
             if _in_sorted(windows, old[r, WS]):
                 out[m, :] = old[r, :]
                 m += 1
             else:
-                _reinsert(new, r, old[r])
+                _reinsert(new, old[r])
     return m
 
 
 @kernel
 def _rehash(old, new):
     for r in range(old.shape[0]):
-        if old[r, USED]:
-            _reinsert(new, r, old[r])
+        if old[r, KEY]:
+            _reinsert(new, old[r])
 
 
 @kernel
@@ -395,18 +389,29 @@ class JitAggregator:
         wanted = np.array(sorted(windows), np.int64)
         sc = self.sc
         out = np.empty((int(sc[S_NFLOWS]), NCOL), np.int64)
-        self._spare[:, USED] = 0
+        self._spare[:, KEY] = 0
         m = _split(self.table, self._spare, wanted, out)
         self.table, self._spare = self._spare, self.table
         sc[S_NFLOWS] -= m
         out = out[:m]
-        order = np.lexsort((out[:, SEQ], out[:, IFACE], out[:, WS]))
+        key = out[:, KEY]
+        iface = key >> 16
+        order = np.lexsort((out[:, SEQ], iface, out[:, WS]))
         out = out[order]
-        flows = {}
-        for name, c in zip(FLOW_COLUMNS, (WS, IFACE, FAM, SHI, SLO, DHI, DLO, SPORT, DPORT, PROTO, PK, BY, FL,
-                                          FS, FNS, LS, LNS)):
-            v = np.ascontiguousarray(out[:, c])
-            flows[name] = v.view(np.uint64) if name in ("shi", "slo", "dhi", "dlo") else v
+        key, iface = key[order], iface[order]
+        ws = np.ascontiguousarray(out[:, WS])
+        ports, first, last = out[:, PORTS], out[:, FIRST], out[:, LAST]
+        flows = {
+            "ws": ws, "iface": iface, "fam": (key >> 8) & 255,
+            "shi": np.ascontiguousarray(out[:, SHI]).view(np.uint64),
+            "slo": np.ascontiguousarray(out[:, SLO]).view(np.uint64),
+            "dhi": np.ascontiguousarray(out[:, DHI]).view(np.uint64),
+            "dlo": np.ascontiguousarray(out[:, DLO]).view(np.uint64),
+            "sport": ports >> 16, "dport": ports & 0xFFFF, "proto": key & 255,
+            "pk": np.ascontiguousarray(out[:, PK]), "by": np.ascontiguousarray(out[:, BY]),
+            "fl": np.ascontiguousarray(out[:, FL]),
+            "fs": ws + first // NS, "fns": first % NS, "ls": ws + last // NS, "lns": last % NS,
+        }
         newskip = np.zeros_like(self.skiptab)
         sout = np.empty((int(sc[S_NSKIP]), KCOL), np.int64)
         k = _split_skip(self.skiptab, newskip, wanted, sout)
