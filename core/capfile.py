@@ -46,7 +46,7 @@ BATCH_FRAMES = 32768
 BATCH_FRAMES_COMPILED = 65536
 BUFFER_SIZE = 4 << 20
 #: The compiled path reads in larger pieces: fewer batches, less per-batch work.
-BUFFER_SIZE_COMPILED = 16 << 20
+BUFFER_SIZE_COMPILED = 8 << 20
 
 
 def sniff(path: str) -> str:

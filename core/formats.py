@@ -50,12 +50,12 @@ class Formatter:
         self._rows.extend([_text(r.get(f), f) for f in fields] for r in records)
         return []
 
-    def render(self, batch) -> bytes | None:
-        """The batch's lines as bytes by the compiled text kernel, or None where it does not apply."""
+    def render(self, batch):
+        """The batch's lines as chunks of bytes by the compiled text kernel, or None where it does not apply."""
         if batch.compiled and self.fmt == "text" and self.fields == V2_FIELDS:
-            from .fast.text import text_v2
+            from .fast.text import text_v2_chunks
 
-            return text_v2(batch)
+            return text_v2_chunks(batch)
         return None
 
     def finish(self) -> list[str]:

@@ -30,13 +30,14 @@ class StdoutSink(Sink):
         self._out(self.formatter.lines(records))
 
     def write_batch(self, batch) -> None:
-        data = self.formatter.render(batch)
-        if data is None:
+        chunks = self.formatter.render(batch)
+        if chunks is None:
             self.write(batch.records())
             return
         try:
             sys.stdout.flush()
-            sys.stdout.buffer.write(data)
+            for data in chunks:
+                sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             _closed()

@@ -237,16 +237,38 @@ def _reinsert(table, src):
 
 
 @kernel
-def _split(old, new, windows, out):
-    """Move the flows of ``windows`` (sorted) to ``out``; the rest into the empty table ``new``."""
+def _take(table, windows, out):
+    """Move the flows of ``windows`` (sorted) to ``out`` and delete them from the table in place.
+
+    Deletion shifts later members of a probe run back (linear probing without tombstones);
+    the scan starts just after an empty slot so that no run is cut by the table's end.
+    """
+    cap = table.shape[0]
+    mask = cap - 1
+    start = 0
+    while table[start, KEY]:
+        start += 1
     m = 0
-    for r in range(old.shape[0]):
-        if old[r, KEY]:
-            if _in_sorted(windows, old[r, WS]):
-                out[m, :] = old[r, :]
-                m += 1
-            else:
-                _reinsert(new, old[r])
+    k = 0
+    while k < cap:
+        r = (start + 1 + k) & mask
+        if table[r, KEY] and _in_sorted(windows, table[r, WS]):
+            out[m, :] = table[r, :]
+            m += 1
+            # backward-shift deletion: pull later members of the run into the hole
+            hole = r
+            j = (r + 1) & mask
+            while table[j, KEY]:
+                home = np.int64(_hash(table[j, WS], table[j, KEY], table[j, SHI], table[j, SLO], table[j, DHI],
+                                      table[j, DLO], table[j, PORTS]) & np.uint64(mask))
+                # move j into the hole unless its home lies cyclically in (hole, j]
+                if (j > hole and (home <= hole or home > j)) or (j < hole and home <= hole and home > j):
+                    table[hole, :] = table[j, :]
+                    hole = j
+                j = (j + 1) & mask
+            table[hole, :] = 0
+            continue                 # slot r now holds a row not yet looked at
+        k += 1
     return m
 
 
@@ -282,7 +304,6 @@ class JitAggregator:
                  capacity: int = 1 << 14):
         self.W, self.L, self.max_flows, self.stats = window, lateness, max_flows, stats
         self.table = np.zeros((capacity, NCOL), np.int64)
-        self._spare = np.zeros_like(self.table)
         self.skiptab = np.zeros((256, KCOL), np.int64)
         self.open_ws = np.zeros(64, np.int64)
         self.late_ws = np.zeros(64, np.int64)
@@ -352,7 +373,6 @@ class JitAggregator:
             bigger = np.zeros((2 * len(self.table), NCOL), np.int64)
             _rehash(self.table, bigger)
             self.table = bigger
-            self._spare = np.zeros_like(bigger)
         if (sc[S_NSKIP] + len(self.early_bad) + 1) * 2 > len(self.skiptab):
             size = len(self.skiptab)
             while (sc[S_NSKIP] + len(self.early_bad) + 1) * 2 > size:
@@ -389,9 +409,7 @@ class JitAggregator:
         wanted = np.array(sorted(windows), np.int64)
         sc = self.sc
         out = np.empty((int(sc[S_NFLOWS]), NCOL), np.int64)
-        self._spare[:, KEY] = 0
-        m = _split(self.table, self._spare, wanted, out)
-        self.table, self._spare = self._spare, self.table
+        m = _take(self.table, wanted, out)
         sc[S_NFLOWS] -= m
         out = out[:m]
         key = out[:, KEY]

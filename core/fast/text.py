@@ -181,21 +181,32 @@ def _text(kind, iface, fam, shi, slo, dhi, dlo, sport, dport, proto, packets, nb
     return pos
 
 
+#: Records rendered per call of the kernel: bounds the memory the text takes.
+CHUNK = 16384
+
+
 def text_v2(batch: RecordBatch) -> bytes:
     """The batch's records as version-2 text lines (each ending in a newline)."""
+    return b"".join(text_v2_chunks(batch))
+
+
+def text_v2_chunks(batch: RecordBatch):
+    """The batch's version-2 text lines, :data:`CHUNK` records at a time."""
     n = len(batch)
     if not n:
-        return b""
+        return
     encoded = [name.encode() for name in batch.interfaces]
     name_off = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum([len(e) for e in encoded], out=name_off[1:])
     names = np.frombuffer(b"".join(encoded) or b"\0", np.uint8)
     acct = np.frombuffer((batch.account_id or "-").encode(), np.uint8)
     width = 230 + len(acct) + int(max(len(e) for e in encoded))
-    out = np.empty(n * width, np.uint8)
+    out = np.empty(min(n, CHUNK) * width, np.uint8)
     u = np.int64
-    used = _text(batch.kind, batch.iface.astype(u), batch.fam.astype(u), batch.shi.view(u), batch.slo.view(u),
-                 batch.dhi.view(u), batch.dlo.view(u), batch.sport.astype(u), batch.dport.astype(u),
-                 batch.proto.astype(u), batch.packets.astype(u), batch.bytes.astype(u), batch.start.astype(u),
-                 batch.end.astype(u), names, name_off, acct, out)
-    return out[:used].tobytes()
+    cols = (batch.kind, batch.iface.astype(u), batch.fam.astype(u), batch.shi.view(u), batch.slo.view(u),
+            batch.dhi.view(u), batch.dlo.view(u), batch.sport.astype(u), batch.dport.astype(u),
+            batch.proto.astype(u), batch.packets.astype(u), batch.bytes.astype(u), batch.start.astype(u),
+            batch.end.astype(u))
+    for lo in range(0, n, CHUNK):
+        used = _text(*(c[lo:lo + CHUNK] for c in cols), names, name_off, acct, out)
+        yield out[:used].tobytes()
