@@ -139,3 +139,41 @@ def test_compiled_text_is_the_formatters_text(tmp_path):
         for rb in out:
             expected = "".join(line + "\n" for line in fmt.lines(rb.records()))
             assert text_v2(rb).decode() == expected
+
+
+def test_flow_table_grows_deletes_in_place_and_shrinks():
+    """Tiny initial table: growth, in-place deletion of emitted windows and shrinking keep records exact."""
+    import numpy as np
+    from flowlog.core.decode import decode_batch
+    from flowlog.core.fast.meter import JitAggregator
+    from flowlog.core.frames import FrameBatch
+    from flowlog.core.meter import Meter
+
+    rng = random.Random(5)
+    frames = []
+    t = 1_600_000_000.0
+    for i in range(40_000):
+        t += rng.expovariate(100)
+        burst = 3000 if (t // 60) % 3 == 0 else 40            # windows with many flows, then few
+        frames.append((int(t), int((t % 1) * 1e9), synth.packet(f"10.{i % 7}.0.1", "10.9.9.9", 17,
+                                                               rng.randrange(burst) + 1, 53)))
+    lt = np.array([1])
+    outs = []
+    for compiled in (False, True):
+        meter = Meter(["eth0"], lambda: np.array([0]), compiled=compiled, lateness=3)
+        if compiled:
+            meter.agg = JitAggregator(meter.W, meter.L, meter.max_flows, meter.stats, capacity=16)
+        recs = []
+        for k in range(0, len(frames), 5000):
+            b = FrameBatch.from_frames(frames[k:k + 5000])
+            for rb in meter.add(b, decode_batch(b, lt, compiled=compiled)):
+                recs += [r.values(ALL_FIELDS) for r in rb.records()]
+            if compiled:
+                sizes.append(len(meter.agg.table))
+        for rb in meter.flush():
+            recs += [r.values(ALL_FIELDS) for r in rb.records()]
+        outs.append(recs)
+        if not compiled:
+            sizes = []
+    assert outs[0] == outs[1]
+    assert max(sizes) >= 4096 and min(sizes[sizes.index(max(sizes)):]) < max(sizes), sizes

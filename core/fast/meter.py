@@ -304,6 +304,7 @@ class JitAggregator:
                  capacity: int = 1 << 14):
         self.W, self.L, self.max_flows, self.stats = window, lateness, max_flows, stats
         self.table = np.zeros((capacity, NCOL), np.int64)
+        self._min_capacity = capacity
         self.skiptab = np.zeros((256, KCOL), np.int64)
         self.open_ws = np.zeros(64, np.int64)
         self.late_ws = np.zeros(64, np.int64)
@@ -411,6 +412,14 @@ class JitAggregator:
         out = np.empty((int(sc[S_NFLOWS]), NCOL), np.int64)
         m = _take(self.table, wanted, out)
         sc[S_NFLOWS] -= m
+        # the table grows as needed; once windows have gone, it gives memory back too
+        size = len(self.table)
+        while size > self._min_capacity and (sc[S_NFLOWS] + 1) * 8 < size:
+            size //= 2
+        if size < len(self.table):
+            smaller = np.zeros((size, NCOL), np.int64)
+            _rehash(self.table, smaller)
+            self.table = smaller
         out = out[:m]
         key = out[:, KEY]
         iface = key >> 16
