@@ -86,6 +86,10 @@ class Source(abc.ABC):
     description: ClassVar[str] = ""
     #: True when the source applies the BPF filter itself (live capture in the kernel).
     applies_filter: ClassVar[bool] = False
+    #: True for sources that capture as time goes on (an interface, a growing file ring): windows
+    #: then also close on the wall clock. Such a source yields a batch (empty if need be) at
+    #: least every few tenths of a second, so that the run can close windows and notice signals.
+    live: ClassVar[bool] = False
 
     def __init__(self, uri: URI, options: dict | None = None):
         self.uri = uri

@@ -250,7 +250,8 @@ class Meter:
 
     def __init__(self, interfaces: Sequence[str], link_iface: Callable[[], np.ndarray], *,
                  window: int = 60, lateness: int = 5, max_flows: int = 1_000_000,
-                 account_id: str | None = None, timestamps: str = "window", compiled: bool = False):
+                 account_id: str | None = None, timestamps: str = "window", compiled: bool = False,
+                 live: bool = False):
         if window < 1:
             raise ValueError("window must be at least 1 second")
         self.interfaces = interfaces
@@ -269,6 +270,26 @@ class Meter:
             self.agg = PyAggregator(self.W, self.L, self.max_flows, self.stats)
         self._last_end: int | None = None       # end of the newest emitted window
         self._idle_from: dict[int, int | None] = {}  # tracked interface -> start of its idle run
+        #: live capture: windows also close on the wall clock (tick), every interface is observed
+        #: from the start, and each idle window is its own NODATA record
+        self.live = live
+
+    def start(self, now: float) -> None:
+        """Live capture starts at wall-clock time ``now``: every known interface is observed from its window."""
+        ws = int(now) - int(now) % self.W
+        self._last_end = ws
+        for iface in range(len(self.interfaces)):
+            self._idle_from.setdefault(iface, None)
+
+    def tick(self, now: float) -> list[RecordBatch]:
+        """Live capture: close the windows whose end plus the lateness the wall clock has passed."""
+        if not self.live:
+            return []
+        threshold = int(now) - self.W - self.L
+        if self._last_end is not None and threshold < self._last_end:
+            return []
+        batch = self._emit_until(threshold)
+        return [batch] if len(batch) else []
 
     # -- input ---------------------------------------------------------------------------
     def add(self, batch: FrameBatch, cols: Columns) -> list[RecordBatch]:
@@ -301,15 +322,21 @@ class Meter:
         """Emit every open window starting at or before ``threshold`` (and pending late flows)."""
         W = self.W
         closing = [w for w in self.agg.open_windows() if w <= threshold]
-        batch = self._emit(closing)
+        batch = self._emit(closing, upto=threshold if self.live else None)
         new_horizon = threshold - threshold % W + W
         if self.agg.horizon is None or new_horizon > self.agg.horizon:
             self.agg.horizon = new_horizon
         return batch
 
-    def flush(self) -> list[RecordBatch]:
-        """Emit everything still open (end of input, or a signal): the run's last records."""
-        batch = self._emit(self.agg.open_windows())
+    def flush(self, now: float | None = None) -> list[RecordBatch]:
+        """Emit everything still open (end of input, or a signal): the run's last records.
+
+        Live capture passes the wall-clock time: the windows up to the current one are written.
+        """
+        upto = None
+        if self.live and now is not None:
+            upto = int(now) - int(now) % self.W
+        batch = self._emit(self.agg.open_windows(), upto=upto)
         trailing = []
         if self._last_end is not None:
             for iface in sorted(self._idle_from):
@@ -321,8 +348,12 @@ class Meter:
         out = [batch, self._special_rows(trailing)]
         return [b for b in out if len(b)]
 
-    def _emit(self, closing: list[int]) -> RecordBatch:
-        """Records of the late windows, then of the closing ones, as one batch."""
+    def _emit(self, closing: list[int], upto: int | None = None) -> RecordBatch:
+        """Records of the late windows, then of the closing ones, as one batch.
+
+        ``upto`` (live capture): windows no frame fell in, up to the one starting at or before
+        it, are emitted too (NODATA for every interface).
+        """
         late = self.agg.late_windows()
         taken = self.agg.take(late + closing)
         flows = taken.flows
@@ -355,12 +386,28 @@ class Meter:
                 add_interface(ws, iface, lo, hi)
         W = self.W
         idle = self._idle_from
+        live = self.live
+
+        def empty_windows(until: int) -> int:
+            """Live: NODATA for every interface in each window from the last emitted one to ``until``."""
+            count = 0
+            gw = self._last_end
+            while gw < until:
+                for iface in sorted(idle):
+                    pieces.append((KIND_NODATA, iface, gw, gw + W, 0, -1))
+                gw += W
+                count += 1
+            return count
+
         for ws in closing:
             last_end = self._last_end
             if last_end is not None and ws > last_end:        # windows no frame fell in: idle everywhere
-                for iface in idle:
-                    if idle[iface] is None:
-                        idle[iface] = last_end
+                if live:
+                    empty_windows(ws)
+                else:
+                    for iface in idle:
+                        if idle[iface] is None:
+                            idle[iface] = last_end
             first_window = self.agg.first_window
             if len(idle) < len(first_window):                 # interfaces observed from this window on
                 for iface, first in first_window.items():
@@ -374,10 +421,16 @@ class Meter:
                         pieces.append((KIND_NODATA, iface, idle[iface], ws, 0, -1))
                     idle[iface] = None
                     add_interface(ws, iface, lo, hi)
+                elif live:
+                    pieces.append((KIND_NODATA, iface, ws, ws + W, 0, -1))
                 elif idle[iface] is None:
                     idle[iface] = ws
             self._last_end = ws + W
             self.stats.windows += 1 + (0 if last_end is None or ws <= last_end else (ws - last_end) // W)
+        if upto is not None and self._last_end is not None:
+            end = upto - upto % W + W
+            self.stats.windows += empty_windows(end)
+            self._last_end = max(self._last_end, end)
         return self._assemble(flows, pieces)
 
     def _special_rows(self, rows) -> RecordBatch:

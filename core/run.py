@@ -36,6 +36,8 @@ class RunOptions:
     snaplen: int = 262144
     #: the compiled (numba) path: True, False, or None to decide by the input's size (flowlog.core.jit)
     compiled: bool | None = None
+    #: stop after this many seconds of wall-clock time (live sources)
+    duration: float | None = None
 
     def check(self) -> None:
         if not 1 <= self.window <= MAX_WINDOW:
@@ -44,6 +46,8 @@ class RunOptions:
             raise ConfigError("--lateness cannot be negative")
         if self.max_flows < 1:
             raise ConfigError("--max-flows must be at least 1")
+        if self.duration is not None and not self.duration > 0:
+            raise ConfigError("--duration must be more than 0 seconds")
         if self.count is not None and self.count < 1:
             raise ConfigError("-c/--count must be at least 1")
         if self.timestamps not in ("window", "first-last"):
@@ -114,7 +118,11 @@ class Run:
         elif compiled and not jit.available():
             raise ConfigError("the compiled path needs numba (pip install numba), or set FLOWLOG_NO_JIT=1")
         self.compiled = self.ctx.compiled = compiled
-        self.meter = Meter(self.ctx.interfaces, self.link_iface, compiled=compiled, **self._meter_options)
+        self.live = any(s.live for s in self.sources)
+        self.meter = Meter(self.ctx.interfaces, self.link_iface, compiled=compiled, live=self.live,
+                           **self._meter_options)
+        if self.live:
+            self.meter.start(time.time())
         self._filter = None
         if self.options.bpf_filter:
             self._filter = BpfFilter(self.options.bpf_filter, self.options.snaplen)
@@ -134,7 +142,7 @@ class Run:
             finally:
                 for s in self.sources:
                     s.close()
-            self._deliver(self.meter.flush())
+            self._deliver(self.meter.flush(time.time() if self.live else None))
             for k in self.sinks:
                 k.close()
         except OutputClosed:
@@ -156,6 +164,7 @@ class Run:
 
     def _loop(self, result: RunResult) -> None:
         remaining = self.options.count
+        deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
         total = sum(s.size_hint() or 0 for s in self.sources) or None
         for batch in self._streams():
             self._refresh_links()
@@ -170,6 +179,10 @@ class Run:
                 remaining -= len(batch)
             cols = decode_batch(batch, self._linktypes, compiled=self.compiled)
             self._deliver(self.meter.add(batch, cols))
+            if self.live:
+                self._deliver(self.meter.tick(time.time()))
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)
             if remaining == 0:

@@ -241,3 +241,54 @@ def test_ipv6_and_icmp_keys():
 def test_meter_rejects_bad_window():
     with pytest.raises(ValueError):
         Meter([], lambda: None, window=0)
+
+
+# -- live capture: windows on the wall clock ---------------------------------------------------------
+
+def live_meter(compiled, interfaces=("eth0", "eth1"), **opts):
+    import numpy as np
+    return Meter(list(interfaces), lambda: np.arange(len(interfaces)), live=True, compiled=compiled, **opts)
+
+
+def feed(meter, items, link=0):
+    import numpy as np
+    from flowlog.core.decode import decode_batch
+    b = frames(items, link=link)
+    out = meter.add(b, decode_batch(b, np.array([1] * len(meter.interfaces)), compiled=meter.compiled))
+    return [r for rb in out for r in rb.records()]
+
+
+def recs(batches):
+    return [(r.interface_id, r.log_status, r.start, r.end, r.packets) for rb in batches for r in rb.records()]
+
+
+def test_live_windows_close_on_the_wall_clock(aggregator):
+    m = live_meter(aggregator == "compiled", lateness=5)
+    m.start(1000)                            # window 960
+    assert feed(m, [(1001, A, B, 1, 2)]) == []
+    assert m.tick(1024) == []                # 960 + 60 + 5 = 1025 not reached
+    assert recs(m.tick(1025)) == [("eth0", "OK", 960, 1020, 1), ("eth1", "NODATA", 960, 1020, None)]
+    assert m.tick(1030) == []
+    # an idle minute: one NODATA per interface per window, as it ends
+    assert recs(m.tick(1090)) == [("eth0", "NODATA", 1020, 1080, None), ("eth1", "NODATA", 1020, 1080, None)]
+    assert recs(m.tick(1210)) == [("eth0", "NODATA", 1080, 1140, None), ("eth1", "NODATA", 1080, 1140, None),
+                                  ("eth0", "NODATA", 1140, 1200, None), ("eth1", "NODATA", 1140, 1200, None)]
+
+
+def test_live_flush_writes_the_current_window(aggregator):
+    m = live_meter(aggregator == "compiled")
+    m.start(1000)
+    feed(m, [(1001, A, B, 1, 2)])
+    assert recs(m.tick(1030)) == [("eth0", "OK", 960, 1020, 1), ("eth1", "NODATA", 960, 1020, None)]
+    feed(m, [(1031, A, B, 1, 2)], link=1)
+    assert recs(m.flush(1031)) == [("eth0", "NODATA", 1020, 1080, None), ("eth1", "OK", 1020, 1080, 1)]
+
+
+def test_live_frame_after_its_window_closed_on_the_clock_is_late(aggregator):
+    m = live_meter(aggregator == "compiled", interfaces=("eth0",), lateness=0)
+    m.start(1000)
+    assert recs(m.tick(1020)) == [("eth0", "NODATA", 960, 1020, None)]
+    feed(m, [(1019, A, B, 1, 2)])            # its window was written already: counted, written again
+    out = recs(m.flush(1021))
+    assert ("eth0", "OK", 960, 1020, 1) in out
+    assert m.stats.late_packets == 1
