@@ -76,6 +76,12 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
 @click.option("-r", "--read", "read", multiple=True, metavar="FILE",
               help="Read frames from a capture file, glob or directory (repeatable; further FILE "
                    "words may follow the option).")
+@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IFACE",
+              help="Capture live from a network interface with libpcap (repeatable; same as --from live:IFACE).")
+@click.option("--follow", "follow", multiple=True, metavar="DIR|GLOB",
+              help="Read a rotating ring of capture files (tcpdump -C/-G -W, dumpcap -b) as it is written.")
+@click.option("--checkpoint", metavar="PATH",
+              help="With --follow: where to keep the reading position, so that a restart resumes exactly there.")
 @click.option("--from", "sources", multiple=True, metavar="URI",
               help="Read from a source plugin URI, e.g. pcap:trace.pcap (repeatable).")
 @click.option("--to", "sinks", multiple=True, metavar="URI",
@@ -84,6 +90,19 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
               help="Stop after COUNT frames (that pass the filter).")
 @click.option("-F", "filter_file", type=click.File("r"), metavar="FILE",
               help="Read the filter expression from FILE.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this many seconds (live capture).")
+@click.option("--snaplen", type=click.IntRange(min=64, max=262144), metavar="BYTES",
+              help="Live capture: bytes kept of each frame (default: enough for the headers flowlog reads).")
+@click.option("--buffer-size", type=click.IntRange(min=65536), metavar="BYTES",
+              help="Live capture: the kernel's capture buffer size.")
+@click.option("--no-promisc", is_flag=True, help="Live capture: do not put the interface in promiscuous mode.")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True, metavar="N",
+              help="ring: capture: worker processes sharing the interface by flow hash (PACKET_FANOUT).")
+@click.option("--ring-blocks", type=click.IntRange(min=2), metavar="N",
+              help="ring: capture: number of blocks in the memory-mapped ring.")
+@click.option("--block-size", type=click.IntRange(min=4096), metavar="BYTES",
+              help="ring: capture: size of one ring block (a multiple of the page size).")
 @click.option("--window", type=click.IntRange(min=1, max=MAX_WINDOW), default=60, show_default=True, metavar="SECONDS",
               help="Capture window length; windows are aligned to the Unix epoch.")
 @click.option("--lateness", type=click.IntRange(min=0), default=5, show_default=True, metavar="SECONDS",
@@ -103,8 +122,9 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
 @click.option("--stats", is_flag=True, help="Print a summary of the run on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings and no progress bar on stderr.")
 @click.argument("expression", nargs=-1)
-def capture(read, sources, sinks, count, filter_file, window, lateness, max_flows, timestamps, account_id,
-            interface_id, fmt, fields, header, stats, quiet, expression):
+def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_file, duration, snaplen,
+            buffer_size, no_promisc, workers, ring_blocks, block_size, window, lateness, max_flows, timestamps,
+            account_id, interface_id, fmt, fields, header, stats, quiet, expression):
     """Turn captured frames into flow log records.
 
     \b
@@ -122,24 +142,32 @@ def capture(read, sources, sinks, count, filter_file, window, lateness, max_flow
             raise click.UsageError("give the filter either with -F FILE or on the command line, not both")
         words = filter_file.read().split()
     bpf = " ".join(words) or None
-    if not read and not sources:
-        raise click.UsageError("nothing to read: give -r FILE or --from URI")
+    if not read and not sources and not interfaces and not follow:
+        raise click.UsageError("nothing to read: give -r FILE, -i IFACE, --follow DIR or --from URI")
+    if checkpoint and not follow:
+        raise click.UsageError("--checkpoint goes with --follow")
+    source_options = {k: v for k, v in dict(
+        snaplen=snaplen, buffer_size=buffer_size, promisc=not no_promisc, workers=workers, blocks=ring_blocks,
+        block_size=block_size, checkpoint=checkpoint).items() if v is not None}
     ids, default_id = _interface_ids(interface_id)
     try:
         registry = get_registry()
         field_list = parse_fields(fields)
         sink_options = SinkOptions(format=fmt, fields=field_list, header=header)
-        src_objs = [registry.source("pcap").cls(URI.parse("pcap:" + f)) for f in read]
+        src_objs = [registry.source("pcap").cls(URI.parse("pcap:" + f), source_options) for f in read]
+        src_objs += [registry.source("pcap").cls(URI.parse("pcap:" + f), {**source_options, "follow": True})
+                     for f in follow]
+        src_objs += [registry.source("live").cls(URI.parse("live:" + i), source_options) for i in interfaces]
         for text in sources:
             uri = URI.parse(text)
-            src_objs.append(registry.source(uri.scheme).cls(uri))
+            src_objs.append(registry.source(uri.scheme).cls(uri, source_options))
         sink_objs = []
         for text in sinks or ("stdout:",):
             uri = URI.parse(text)
             sink_objs.append(registry.sink(uri.scheme).cls(uri, sink_options))
         options = RunOptions(window=window, lateness=lateness, max_flows=max_flows, account_id=account_id,
                              interface_ids=ids, default_interface_id=default_id, timestamps=timestamps,
-                             count=count, bpf_filter=bpf)
+                             count=count, bpf_filter=bpf, duration=duration)
         bar = None
         warn = (lambda m: None) if quiet else (lambda m: _say(f"warning: {m}"))
 
@@ -217,6 +245,7 @@ def _print_stats(result) -> None:
         ("records", st.records),
         ("  NODATA", st.nodata_records),
         ("  SKIPDATA", st.skipdata_records),
+        *((k, v) for k, v in result.capture.items()),
         ("interfaces", len(result.interfaces)),
         ("seconds", f"{result.elapsed:.3f}"),
     ]

@@ -41,6 +41,22 @@ class SourceContext:
         self.damage: list[str] = []
         #: the run uses the compiled (numba) path: sources may use compiled kernels too
         self.compiled = False
+        #: interface index -> its own addresses as (family, high 64 bits, low 64 bits): flow-direction
+        self.addresses: dict[int, set[tuple[int, int, int]]] = {}
+
+    def add_addresses(self, name: str, addresses) -> None:
+        """Record an interface's own IP addresses (text), for the flow-direction field."""
+        import ipaddress
+
+        iid = "_".join(self.interface_id(name).split()) or "-"
+        if iid not in self.interfaces:
+            self.interfaces.append(iid)
+        index = self.interfaces.index(iid)
+        own = self.addresses.setdefault(index, set())
+        for a in addresses:
+            ip = ipaddress.ip_address(str(a).split("%", 1)[0])
+            value = int(ip)
+            own.add((4, 0, value) if ip.version == 4 else (6, value >> 64, value & (2**64 - 1)))
 
     def interface_id(self, name: str) -> str:
         """The interface-id records carry for an interface the source calls ``name``."""
@@ -107,6 +123,10 @@ class Source(abc.ABC):
 
     # Progress, for the progress bar: total and done in any unit (bytes of input for files).
     def size_hint(self) -> int | None:
+        return None
+
+    def capture_stats(self) -> dict[str, int] | None:
+        """Counters of a capturing source for ``--stats`` (received, dropped by the kernel, ...)."""
         return None
 
     def progress(self) -> int:

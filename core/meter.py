@@ -251,7 +251,7 @@ class Meter:
     def __init__(self, interfaces: Sequence[str], link_iface: Callable[[], np.ndarray], *,
                  window: int = 60, lateness: int = 5, max_flows: int = 1_000_000,
                  account_id: str | None = None, timestamps: str = "window", compiled: bool = False,
-                 live: bool = False):
+                 live: bool = False, addresses: dict | None = None):
         if window < 1:
             raise ValueError("window must be at least 1 second")
         self.interfaces = interfaces
@@ -273,6 +273,8 @@ class Meter:
         #: live capture: windows also close on the wall clock (tick), every interface is observed
         #: from the start, and each idle window is its own NODATA record
         self.live = live
+        #: interface index -> its own addresses (kept up to date by the sources): flow-direction
+        self.addresses = addresses if addresses is not None else {}
 
     def start(self, now: float) -> None:
         """Live capture starts at wall-clock time ``now``: every known interface is observed from its window."""
@@ -475,6 +477,7 @@ class Meter:
 
         batch = RecordBatch(
             interfaces=self.interfaces, account_id=self.account_id, compiled=self.compiled,
+            addresses=self.addresses,
             kind=kind[idx], iface=iface[idx], fam=col("fam", zeros)[idx],
             shi=col("shi", uz)[idx], slo=col("slo", uz)[idx], dhi=col("dhi", uz)[idx], dlo=col("dlo", uz)[idx],
             sport=col("sport", zeros)[idx], dport=col("dport", zeros)[idx], proto=col("proto", zeros)[idx],

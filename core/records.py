@@ -115,11 +115,13 @@ class RecordBatch:
 
     COLUMNS = ("kind", "iface", "fam", "shi", "slo", "dhi", "dlo", "sport", "dport", "proto", "packets",
                "bytes", "start", "end", "flags", "fs", "fns", "ls", "lns")
-    __slots__ = COLUMNS + ("interfaces", "account_id", "compiled")
+    __slots__ = COLUMNS + ("interfaces", "account_id", "compiled", "addresses")
 
-    def __init__(self, interfaces, account_id, compiled: bool = False, **columns):
+    def __init__(self, interfaces, account_id, compiled: bool = False, addresses=None, **columns):
         self.interfaces = interfaces
         self.account_id = account_id
+        #: interface index -> set of its own addresses as (family, hi, lo): gives flow-direction
+        self.addresses = addresses or {}
         #: made by the compiled path: compiled kernels may render it (numba is already loaded)
         self.compiled = compiled
         for name in self.COLUMNS:
@@ -136,8 +138,13 @@ class RecordBatch:
         for kind, iface, fam, shi, slo, dhi, dlo, sp, dp, pr, pk, by, start, end, fl, fs, fns, ls, lns in zip(*cols):
             name = names[iface]
             if kind == KIND_OK:
+                own = self.addresses.get(iface)
+                direction = None
+                if own:
+                    direction = ("ingress" if (fam, dhi, dlo) in own else
+                                 "egress" if (fam, shi, slo) in own else None)
                 out.append(Record(acct, name, format_addr(fam, shi, slo), format_addr(fam, dhi, dlo), sp, dp, pr,
-                                  pk, by, start, end, "ACCEPT", "OK", tcp_flags=fl,
+                                  pk, by, start, end, "ACCEPT", "OK", tcp_flags=fl, flow_direction=direction,
                                   type="IPv4" if fam == 4 else "IPv6", first_seen=(fs, fns), last_seen=(ls, lns)))
             elif kind == KIND_NODATA:
                 out.append(Record(acct, name, start=start, end=end, log_status="NODATA"))

@@ -68,6 +68,8 @@ class RunResult:
     elapsed: float = 0.0
     output_closed: bool = False
     interrupted: bool = False
+    #: capturing sources' counters (received, dropped by the kernel, ...), summed
+    capture: dict = field(default_factory=dict)
 
     @property
     def status(self) -> int:
@@ -120,7 +122,7 @@ class Run:
         self.compiled = self.ctx.compiled = compiled
         self.live = any(s.live for s in self.sources)
         self.meter = Meter(self.ctx.interfaces, self.link_iface, compiled=compiled, live=self.live,
-                           **self._meter_options)
+                           addresses=self.ctx.addresses, **self._meter_options)
         if self.live:
             self.meter.start(time.time())
         self._filter = None
@@ -141,6 +143,8 @@ class Run:
                 self._loop(result)
             finally:
                 for s in self.sources:
+                    for k, v in (s.capture_stats() or {}).items():
+                        result.capture[k] = result.capture.get(k, 0) + v
                     s.close()
             self._deliver(self.meter.flush(time.time() if self.live else None))
             for k in self.sinks:
