@@ -175,3 +175,17 @@ class Sink(abc.ABC):
 
     def close(self) -> None:
         pass
+
+
+class ListSink(Sink):
+    """Keeps the records in a list (``.records``): for embedding flowlog in a program, and for tests."""
+
+    scheme = "list"
+    description = "records kept in memory (for programs that embed flowlog)"
+
+    def __init__(self, uri: URI | None = None, options: SinkOptions | None = None):
+        super().__init__(uri or URI.parse("list:"), options or SinkOptions())
+        self.records: list = []
+
+    def write(self, records: list) -> None:
+        self.records.extend(records)

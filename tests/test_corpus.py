@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flowlog.core.api import Sink, SinkOptions, SourceContext
+from flowlog.core.api import ListSink, SourceContext
 from flowlog.core.capfile import CaptureFile
 from flowlog.core.run import Run, RunOptions
 from flowlog.core.uri import URI
@@ -23,17 +23,6 @@ from flowlog.plugins.pcap import PcapSource
 HERE = Path(__file__).resolve().parent
 BUNDLED = HERE / "data" / "captures"
 BUNDLED_TRUTH = HERE / "data" / "truth"
-
-
-class ListSink(Sink):
-    scheme = "list"
-
-    def __init__(self):
-        super().__init__(URI.parse("list:"), SinkOptions())
-        self.records = []
-
-    def write(self, records):
-        self.records.extend(records)
 
 
 def run_files(paths, **options):

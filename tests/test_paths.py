@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flowlog.core import jit, synth
-from flowlog.core.api import Sink, SinkOptions
+from flowlog.core.api import ListSink
 from flowlog.core.records import ALL_FIELDS
 from flowlog.core.run import Run, RunOptions
 from flowlog.core.uri import URI
@@ -22,17 +22,6 @@ BUNDLED = sorted((HERE / "data" / "captures").iterdir())
 
 pytestmark = pytest.mark.skipif(not jit.available(),
                                 reason="numba is not available (or FLOWLOG_NO_JIT is set): nothing to compare")
-
-
-class ListSink(Sink):
-    scheme = "list"
-
-    def __init__(self):
-        super().__init__(URI.parse("list:"), SinkOptions())
-        self.records = []
-
-    def write(self, records):
-        self.records.extend(records)
 
 
 def records(paths, compiled, **options):

@@ -99,35 +99,29 @@ def _skip_add(skip, sc, ws, iface, packets, nbytes):
 
 
 @kernel
+def _remember(ws, windows, count, sc, late):
+    """Add ``ws`` to a small list of window starts unless it is there (the last one seen is cached)."""
+    if sc[S_HAS_LASTWS] and sc[S_LASTWS] == ws and sc[S_LASTLATE] == late:
+        return
+    for j in range(sc[count]):
+        if windows[j] == ws:
+            break
+    else:
+        windows[sc[count]] = ws
+        sc[count] += 1
+    sc[S_LASTWS] = ws
+    sc[S_LASTLATE] = late
+    sc[S_HAS_LASTWS] = 1
+
+
+@kernel
 def _note_window(ws, sc, open_ws, late_ws):
     """Register the frame's window as open or late (as PyAggregator._table does); True if late."""
     if sc[S_HAS_HOR] and ws < sc[S_HOR]:
         sc[S_LATE] += 1
-        if not (sc[S_LASTLATE] == 1 and sc[S_HAS_LASTWS] and sc[S_LASTWS] == ws):
-            found = False
-            for j in range(sc[S_NLATE]):
-                if late_ws[j] == ws:
-                    found = True
-                    break
-            if not found:
-                late_ws[sc[S_NLATE]] = ws
-                sc[S_NLATE] += 1
-            sc[S_LASTWS] = ws
-            sc[S_LASTLATE] = 1
-            sc[S_HAS_LASTWS] = 1
+        _remember(ws, late_ws, S_NLATE, sc, 1)
         return True
-    if not (sc[S_LASTLATE] == 0 and sc[S_HAS_LASTWS] and sc[S_LASTWS] == ws):
-        found = False
-        for j in range(sc[S_NOPEN]):
-            if open_ws[j] == ws:
-                found = True
-                break
-        if not found:
-            open_ws[sc[S_NOPEN]] = ws
-            sc[S_NOPEN] += 1
-        sc[S_LASTWS] = ws
-        sc[S_LASTLATE] = 0
-        sc[S_HAS_LASTWS] = 1
+    _remember(ws, open_ws, S_NOPEN, sc, 0)
     return False
 
 
