@@ -20,7 +20,7 @@ from flowlog.core.run import MAX_WINDOW, Run, RunOptions
 from flowlog.core.uri import URI
 
 #: Inputs at least this large get a progress bar (when stderr is a terminal).
-PROGRESS_MIN_BYTES = 64 << 20
+PROGRESS_MIN_BYTES = int(os.environ.get("FLOWLOG_PROGRESS_MIN_BYTES", 64 << 20))
 
 
 class UserError(click.ClickException):

@@ -319,3 +319,39 @@ def test_signal_flushes_open_windows_and_exits_0(sig, tmp_path):
     frames_read = int(stats["frames"])
     assert 0 < frames_read < 400_000, "the run should have been stopped part way"
     assert sum(int(l.split()[8]) for l in lines) == frames_read
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    """tqdm draws on stderr when it is a terminal and the input is large; records stay clean on stdout."""
+    import pty
+
+    cap = tmp_path / "some.pcap"
+    synth.write_pcap(cap, [(1_700_000_000 + i, synth.packet("10.0.0.1", "10.0.0.2", 17, 1, 2, 1000))
+                           for i in range(300)])
+    env = {**os.environ, "FLOWLOG_PROGRESS_MIN_BYTES": "1000"}
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a terminal has a size
+    proc = subprocess.Popen([sys.executable, "-m", "flowlog.cli", "capture", "-r", str(cap)],
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"flowlog:" in err and b"B/s" in err, err
+    assert all(len(l.split()) == 14 for l in out.decode().splitlines())
+    # not a terminal: no bar, whatever the size
+    quiet = subprocess.run([sys.executable, "-m", "flowlog.cli", "capture", "-r", str(cap)], capture_output=True,
+                           env=env, timeout=120)
+    assert quiet.stderr == b""
