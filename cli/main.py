@@ -146,6 +146,8 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
         raise click.UsageError("nothing to read: give -r FILE, -i IFACE, --follow DIR or --from URI")
     if checkpoint and not follow:
         raise click.UsageError("--checkpoint goes with --follow")
+    if checkpoint and (len(follow) > 1 or read or interfaces or sources):
+        raise click.UsageError("--checkpoint works with one --follow input and no other")
     source_options = {k: v for k, v in dict(
         snaplen=snaplen, buffer_size=buffer_size, promisc=not no_promisc, workers=workers, blocks=ring_blocks,
         block_size=block_size, checkpoint=checkpoint).items() if v is not None}

@@ -41,6 +41,8 @@ class SourceContext:
         self.damage: list[str] = []
         #: the run uses the compiled (numba) path: sources may use compiled kernels too
         self.compiled = False
+        #: the run's window length (seconds): sources that keep a checkpoint need it
+        self.window = 60
         #: interface index -> its own addresses as (family, high 64 bits, low 64 bits): flow-direction
         self.addresses: dict[int, set[tuple[int, int, int]]] = {}
 
@@ -124,6 +126,14 @@ class Source(abc.ABC):
     # Progress, for the progress bar: total and done in any unit (bytes of input for files).
     def size_hint(self) -> int | None:
         return None
+
+    def commit(self, emitted: int | None, horizon: int | None) -> None:
+        """The run has delivered records: a source that keeps a checkpoint can write it now.
+
+        ``emitted``: how many frames of the last batch were counted before the last emission
+        (every frame before that point whose window starts before ``horizon`` is in delivered
+        records); None: everything read so far is delivered (end of the run).
+        """
 
     def capture_stats(self) -> dict[str, int] | None:
         """Counters of a capturing source for ``--stats`` (received, dropped by the kernel, ...)."""

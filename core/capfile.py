@@ -134,11 +134,39 @@ class CaptureFile:
         self._file_pos = 0   # offset in the (decompressed) file of _buf[0]
         self.normalised_timestamps = 0   # fraction past one second, carried into the seconds
         self._quiet = False
+        #: follow mode: the end of the data is not the end of the file (see poll)
+        self.follow = False
+        #: damage was met: the file is not read further
+        self.failed = False
+        self.batch_base = 0
         self._open_header()
 
     def _damaged(self, message: str) -> None:
+        self.failed = True
         if not self._quiet:
             self.ctx.damaged(message)
+
+    def poll(self) -> Iterator[FrameBatch]:
+        """Follow mode (a file still being written): the batches of the records complete now.
+
+        Call again later for what has been written since; a record cut short at the end is
+        simply not there yet. ``batch_base`` is the file offset that the last batch's
+        ``off`` column counts from.
+        """
+        self.follow = True
+        self._eof = False
+        walk = self._walk_pcap if self.kind == "pcap" else self._walk_pcapng
+        while not self.failed:
+            cols = ([], [], [], [], [], [])
+            more = walk(cols)
+            if cols[0]:
+                yield self._batch(cols)
+            if not more:
+                return
+
+    def read_position(self) -> int:
+        """File offset of the first byte not yet taken (follow mode)."""
+        return self._file_pos + self._start
 
     def first_time(self) -> tuple[int, int]:
         """The first frame's time (seconds, nanoseconds), for ordering files; consumes and closes the file.
@@ -411,12 +439,15 @@ class CaptureFile:
 
     def _batch(self, cols) -> FrameBatch:
         off, cap, wire, sec, nsec, link = cols
+        self.batch_base = self._file_pos
         return FrameBatch(np.frombuffer(self._buf, np.uint8),
                           np.array(off, np.int64) - self._file_pos, np.array(cap, np.int64),
                           np.array(wire, np.int64), np.array(sec, np.int64), np.array(nsec, np.int64),
                           np.array(link, np.int32))
 
     def _truncated(self, what: str) -> None:
+        if self.follow:                  # the rest is still being written
+            return
         have = self._end - self._start
         self._damaged(f"{self.path}: cut short at byte {self._offset() + have} inside {what} "
                          f"(file still being written, or truncated); read what came before")

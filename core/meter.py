@@ -273,6 +273,7 @@ class Meter:
         #: live capture: windows also close on the wall clock (tick), every interface is observed
         #: from the start, and each idle window is its own NODATA record
         self.live = live
+        self.last_trigger: int | None = None
         #: interface index -> its own addresses (kept up to date by the sources): flow-direction
         self.addresses = addresses if addresses is not None else {}
 
@@ -299,6 +300,8 @@ class Meter:
         out: list[RecordBatch] = []
         n = len(batch)
         self.stats.frames += n
+        #: frames of this batch counted before its last emission (None: it emitted nothing)
+        self.last_trigger = None
         if n:
             ifaces = self._link_iface()[batch.link]
             i = 0
@@ -307,6 +310,7 @@ class Meter:
                 if code == DONE:
                     break
                 out.append(self._emit_until(self.agg.max_sec - self.W - self.L))
+                self.last_trigger = i
         for loss in batch.losses:
             self.lost(loss)
         return [b for b in out if len(b)]

@@ -90,6 +90,7 @@ class Run:
         self.ctx = SourceContext(bpf_filter=options.bpf_filter, snaplen=options.snaplen,
                                  interface_ids=options.interface_ids,
                                  default_interface_id=options.default_interface_id, warn=warn)
+        self.ctx.window = options.window
         self._progress = progress
         self._stop = False
         self._linktypes = np.zeros(0, np.int64)
@@ -149,6 +150,8 @@ class Run:
             self._deliver(self.meter.flush(time.time() if self.live else None))
             for k in self.sinks:
                 k.close()
+            for s in self.sources:
+                s.commit(None, None)
         except OutputClosed:
             result.output_closed = True
         result.elapsed = time.monotonic() - started
@@ -183,10 +186,17 @@ class Run:
                 remaining -= len(batch)
             cols = decode_batch(batch, self._linktypes, compiled=self.compiled)
             self._deliver(self.meter.add(batch, cols))
+            emitted = self.meter.last_trigger
             if self.live:
-                self._deliver(self.meter.tick(time.time()))
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+                ticked = self.meter.tick(time.time())
+                if ticked:
+                    self._deliver(ticked)
+                    emitted = len(batch)
+            if emitted is not None:
+                for s in self.sources:
+                    s.commit(emitted, self.meter.agg.horizon)
+            if self.live and deadline is not None and time.monotonic() >= deadline:
+                break
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)
             if remaining == 0:

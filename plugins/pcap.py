@@ -73,18 +73,31 @@ class PcapSource(Source):
 
     def open(self, ctx: SourceContext) -> None:
         super().open(ctx)
+        if self.options.get("follow"):
+            from flowlog.core.follow import FileRing
+
+            # a ring being written: read as it grows, windows close on the wall clock
+            self.live = True
+            self._ring = FileRing(self.spec, ctx, self.options.get("checkpoint"))
+            return
         for path in expand(self.spec, ctx.warn):
             cf = CaptureFile(path, ctx, compiled=False)
             first = cf.first_time()
             self._files.append((first, path))
 
-    def size_hint(self) -> int:
+    _ring = None
+
+    def size_hint(self) -> int | None:
+        if self._ring is not None:
+            return None
         return sum(os.path.getsize(p) for _, p in self._files)
 
     def progress(self) -> int:
         return self._done + sum(cf.progress() for cf in self._current)
 
     def batches(self):
+        if self._ring is not None:
+            return self._ring.batches()
         if len(self._files) == 1:
             return self._read(self._files[0][1])
         return merge([(first, (lambda p=path: self._read(p))) for first, path in self._files])
@@ -100,3 +113,11 @@ class PcapSource(Source):
             if cf.normalised_timestamps:
                 self.ctx.warn(f"{path}: {cf.normalised_timestamps} frame(s) whose timestamp fraction is a "
                               f"second or more (carried into the seconds)")
+
+    def commit(self, emitted, horizon) -> None:
+        if self._ring is not None:
+            self._ring.commit(emitted, horizon)
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
