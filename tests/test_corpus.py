@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import ipaddress
 import random
-import shutil
 import struct
 import subprocess
 import sys

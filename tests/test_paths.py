@@ -148,6 +148,7 @@ def test_flow_table_grows_deletes_in_place_and_shrinks():
                                                                rng.randrange(burst) + 1, 53)))
     lt = np.array([1])
     outs = []
+    sizes = []
     for compiled in (False, True):
         meter = Meter(["eth0"], lambda: np.array([0]), compiled=compiled, lateness=3)
         if compiled:
@@ -162,7 +163,5 @@ def test_flow_table_grows_deletes_in_place_and_shrinks():
         for rb in meter.flush():
             recs += [r.values(ALL_FIELDS) for r in rb.records()]
         outs.append(recs)
-        if not compiled:
-            sizes = []
     assert outs[0] == outs[1]
     assert max(sizes) >= 4096 and min(sizes[sizes.index(max(sizes)):]) < max(sizes), sizes

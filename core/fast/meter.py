@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..decode import MALFORMED, NON_IP, OK, REASONS, Columns
+from ..decode import NON_IP, OK, REASONS, Columns
 from ..frames import FrameBatch
 from ..jit import kernel
 from ..meter import DONE, EMIT, MeterStats, Taken
@@ -447,5 +447,3 @@ class JitAggregator:
         sc[S_HAS_LASTWS] = 0
         return Taken(flows, skips)
 
-
-_ = (MALFORMED,)  # status codes come from the decoder; MALFORMED is the else branch of _add
