@@ -127,12 +127,13 @@ class Source(abc.ABC):
     def size_hint(self) -> int | None:
         return None
 
-    def commit(self, emitted: int | None, horizon: int | None) -> None:
+    def commit(self, emitted: int | None, horizon: int | None, consumed: int | None = None) -> None:
         """The run has delivered records: a source that keeps a checkpoint can write it now.
 
         ``emitted``: how many frames of the last batch were counted before the last emission
         (every frame before that point whose window starts before ``horizon`` is in delivered
-        records); None: everything read so far is delivered (end of the run).
+        records); None: everything the run took is delivered (its end). ``consumed``: how many
+        frames of the last batch the run took, when it stopped inside it (``-c``).
         """
 
     def capture_stats(self) -> dict[str, int] | None:

@@ -29,16 +29,21 @@ class BpfFilter:
             self._programs[linktype] = prog
         return prog
 
-    def apply(self, batch: FrameBatch, linktypes: np.ndarray) -> FrameBatch:
-        """The frames of ``batch`` the expression accepts."""
+    def mask(self, batch: FrameBatch, linktypes: np.ndarray) -> np.ndarray:
+        """True for the frames of ``batch`` the expression accepts."""
         n = len(batch)
-        if not n:
-            return batch
         keep = np.zeros(n, np.bool_)
+        if not n:
+            return keep
         lts = linktypes[batch.link].tolist()
         buf = batch.buf
         for i, (o, c) in enumerate(zip(batch.off.tolist(), batch.caplen.tolist())):
             keep[i] = self.program(lts[i]).filter(buf[o:o + c].tobytes()) != 0
+        return keep
+
+    def apply(self, batch: FrameBatch, linktypes: np.ndarray) -> FrameBatch:
+        """The frames of ``batch`` the expression accepts."""
+        keep = self.mask(batch, linktypes)
         if keep.all():
             return batch
         return batch.take(keep)

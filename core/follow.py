@@ -77,6 +77,12 @@ class FileRing:
         self._last_ws: np.ndarray | None = None
         self._next_pos: tuple[int, int] | None = None  # position after the last frame handed on
         self._resume = None
+        self._filter = None
+        if ctx.bpf_filter:
+            from .bpf import BpfFilter
+
+            # filtered here, before positions are noted, so that checkpoints count what the run counts
+            self._filter = BpfFilter(ctx.bpf_filter, ctx.snaplen)
         if not (os.path.isdir(spec) or glob.has_magic(spec)):
             raise SourceError(f"{spec}: --follow takes a directory or a glob of capture files")
         if checkpoint:
@@ -198,6 +204,10 @@ class FileRing:
         if not len(batch):
             return batch
         offsets = batch.off + f.reader.batch_base
+        if self._filter is not None:
+            linktypes = np.array([link.linktype for link in self.ctx.links], np.int64)
+            keep = self._filter.mask(batch, linktypes)
+            batch, offsets = batch.take(keep), offsets[keep]
         W = self.ctx.window
         ws = np.where(batch.sec >= 0, batch.sec - batch.sec % W, -1)
         if self._resume is not None:
@@ -294,10 +304,13 @@ class FileRing:
                 return {"path": f.path, "signature": f.signature, "offset": pos[1]}
         return None
 
-    def commit(self, emitted: int | None, horizon: int | None) -> None:
+    def commit(self, emitted: int | None, horizon: int | None, consumed: int | None = None) -> None:
         """Write the checkpoint after the run delivered records (see Source.commit)."""
         if not self.checkpoint_path:
             return
+        if consumed is not None and self._last_pos is not None and consumed < len(self._last_pos):
+            # the run stopped inside the last batch (-c): what it did not take is read again next time
+            self._next_pos = (self._last_file.order, int(self._last_pos[consumed]))
         if emitted is None:                       # the end: everything read was delivered
             delivered = resume = self._next_pos
             horizon = None

@@ -93,6 +93,7 @@ class Run:
         self.ctx.window = options.window
         self._progress = progress
         self._stop = False
+        self._consumed: int | None = None
         self._linktypes = np.zeros(0, np.int64)
         self._link_iface = np.zeros(0, np.int64)
         self._meter_options = dict(window=options.window, lateness=options.lateness,
@@ -151,7 +152,7 @@ class Run:
             for k in self.sinks:
                 k.close()
             for s in self.sources:
-                s.commit(None, None)
+                s.commit(None, None, self._consumed)
         except OutputClosed:
             result.output_closed = True
         result.elapsed = time.monotonic() - started
@@ -171,6 +172,7 @@ class Run:
 
     def _loop(self, result: RunResult) -> None:
         remaining = self.options.count
+        self._consumed = None
         deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
         total = sum(s.size_hint() or 0 for s in self.sources) or None
         for batch in self._streams():
@@ -181,6 +183,7 @@ class Run:
                 result.filtered_out += before - len(batch)
             if remaining is not None and len(batch) >= remaining:
                 batch = batch.take(np.arange(remaining))
+                self._consumed = remaining
                 remaining = 0
             elif remaining is not None:
                 remaining -= len(batch)

@@ -78,6 +78,7 @@ class PcapSource(Source):
 
             # a ring being written: read as it grows, windows close on the wall clock
             self.live = True
+            self.applies_filter = True            # the ring filters before it notes positions
             self._ring = FileRing(self.spec, ctx, self.options.get("checkpoint"))
             return
         for path in expand(self.spec, ctx.warn):
@@ -114,9 +115,9 @@ class PcapSource(Source):
                 self.ctx.warn(f"{path}: {cf.normalised_timestamps} frame(s) whose timestamp fraction is a "
                               f"second or more (carried into the seconds)")
 
-    def commit(self, emitted, horizon) -> None:
+    def commit(self, emitted, horizon, consumed=None) -> None:
         if self._ring is not None:
-            self._ring.commit(emitted, horizon)
+            self._ring.commit(emitted, horizon, consumed)
 
     def close(self) -> None:
         if self._ring is not None:
