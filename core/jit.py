@@ -53,3 +53,25 @@ def kernel(fn=None, **options):
         return numba.njit(cache=True, nogil=True, **options)(f)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def warm_up() -> None:
+    """Load every compiled kernel now (from the disk cache, or compiling it once).
+
+    A live capture calls this before it opens the interface: loading takes a few tenths of a
+    second, which the kernel's capture buffer would otherwise have to absorb.
+    """
+    import numpy as np
+
+    from .decode import decode_batch
+    from .fast.text import text_v2
+    from .frames import FrameBatch
+    from .meter import Meter
+    from .synth import packet
+
+    batch = FrameBatch.from_frames([(120, 0, packet("192.0.2.1", "192.0.2.2", 17, 1, 2)),
+                                    (60, 0, packet("192.0.2.1", "192.0.2.2", 17, 1, 2))])
+    cols = decode_batch(batch, np.array([1]), compiled=True)
+    meter = Meter(["warm-up"], lambda: np.array([0]), compiled=True, lateness=0)
+    for rb in meter.add(batch, cols) + meter.flush():
+        text_v2(rb)

@@ -281,6 +281,9 @@ class Meter:
         """Live capture starts at wall-clock time ``now``: every known interface is observed from its window."""
         ws = int(now) - int(now) % self.W
         self._last_end = ws
+        # a frame stamped before the start (a clock step, a bogus timestamp) is late, not a window
+        # of its own that would stretch the run back to its time
+        self.agg.horizon = ws
         for iface in range(len(self.interfaces)):
             self._idle_from.setdefault(iface, None)
 
@@ -431,7 +434,7 @@ class Meter:
                     pieces.append((KIND_NODATA, iface, ws, ws + W, 0, -1))
                 elif idle[iface] is None:
                     idle[iface] = ws
-            self._last_end = ws + W
+            self._last_end = ws + W if last_end is None else max(last_end, ws + W)
             self.stats.windows += 1 + (0 if last_end is None or ws <= last_end else (ws - last_end) // W)
         if upto is not None and self._last_end is not None:
             end = upto - upto % W + W

@@ -113,6 +113,8 @@ class Run:
 
     def open(self) -> None:
         """Open every source and sink; errors here stop the run before any output."""
+        if self.options.compiled is not False and any(s.live for s in self.sources) and jit.available():
+            jit.warm_up()        # before capturing starts: the kernel's buffer need not absorb the loading
         for s in self.sources:
             s.open(self.ctx)
         compiled = self.options.compiled

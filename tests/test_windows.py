@@ -292,3 +292,15 @@ def test_live_frame_after_its_window_closed_on_the_clock_is_late(aggregator):
     out = recs(m.flush(1021))
     assert ("eth0", "OK", 960, 1020, 1) in out
     assert m.stats.late_packets == 1
+
+
+def test_live_frame_from_long_before_the_start_does_not_stretch_the_run(aggregator):
+    m = live_meter(aggregator == "compiled", interfaces=("eth0",))
+    m.start(1_700_000_000)
+    feed(m, [(1, A, B, 1, 2), (1_700_000_001, A, B, 1, 2)])
+    started = time.monotonic()
+    out = recs(m.flush(1_700_000_100))
+    assert time.monotonic() - started < 2
+    assert ("eth0", "OK", 0, 60, 1) in out                    # counted, as a late frame
+    assert len(out) <= 5
+    assert m.stats.late_packets == 1
