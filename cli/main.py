@@ -186,7 +186,7 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
                 bar.update(done - bar.n)
 
         run = Run(src_objs, sink_objs, options, warn=_damage_or_warn(quiet), progress=progress)
-        _on_signals(run)
+        _on_signals(run, live=any(getattr(s, "live", False) for s in src_objs))
         try:
             result = run.run()
         except ConfigError as e:
@@ -209,8 +209,11 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
     sys.exit(result.status)
 
 
-def _on_signals(run: Run) -> None:
-    """SIGINT and SIGTERM stop reading; open windows are written and flowlog exits 0. A second one aborts."""
+def _on_signals(run: Run, live: bool = False) -> None:
+    """SIGINT and SIGTERM stop reading; open windows are written and flowlog exits 0. A second one aborts.
+
+    A live capture ignores SIGHUP: a capture started from a terminal goes on when the terminal goes away.
+    """
     def handler(signum, frame):
         if run._stop:
             raise KeyboardInterrupt
@@ -218,6 +221,8 @@ def _on_signals(run: Run) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if live and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _damage_or_warn(quiet: bool):

@@ -15,7 +15,9 @@ from .errors import ConfigError
 
 #: Built-in plugins, registered exactly like third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "flowlog.plugins.live",
     "flowlog.plugins.pcap",
+    "flowlog.plugins.ring",
     "flowlog.plugins.stdout",
 )
 
