@@ -15,14 +15,13 @@ Needs root (or CAP_NET_RAW and CAP_NET_ADMIN).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import select
-import subprocess
 import time
 
 import numpy as np
 
+from flowlog.core import netif
 from flowlog.core.api import Source, SourceContext
 from flowlog.core.errors import ConfigError, SourceError
 from flowlog.core.frames import FrameBatch, Loss
@@ -123,7 +122,7 @@ class LiveSource(Source):
             self.close()
             raise
         self.link = ctx.add_link(self.iface, linktype)
-        addresses = _addresses(None if self.iface == "any" else self.iface)
+        addresses = netif.addresses(None if self.iface == "any" else self.iface)
         if addresses:
             ctx.add_addresses(self.iface, addresses)
 
@@ -227,11 +226,3 @@ def _reason(message: str) -> str:
     return text
 
 
-def _addresses(iface: str | None) -> list[str]:
-    """The interface's own IP addresses (every interface's with None), from ``ip -j addr show``."""
-    cmd = ["ip", "-j", "addr", "show"] + (["dev", iface] if iface else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout
-        return [a["local"] for entry in json.loads(out) for a in entry.get("addr_info", []) if "local" in a]
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
-        return []

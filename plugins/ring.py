@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import mmap
 import select
 import socket
 import struct
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from flowlog.core import netif
 from flowlog.core.api import Source, SourceContext
 from flowlog.core.errors import ConfigError, SourceError
 from flowlog.core.frames import FrameBatch, Loss
@@ -162,7 +161,7 @@ class RingSource(Source):
             self.close()
             raise
         self.link = ctx.add_link(self.iface, linktype)
-        addresses = _addresses(self.iface)
+        addresses = netif.addresses(self.iface)
         if addresses:
             ctx.add_addresses(self.iface, addresses)
         cap = max(65536, self.block_size // 16 * min(self.blocks, self._max_blocks()))
@@ -297,11 +296,3 @@ class RingSource(Source):
             self.sock = None
 
 
-def _addresses(iface: str) -> list[str]:
-    """The interface's own IP addresses, from ``ip -j addr show dev IFACE`` (none if that fails)."""
-    try:
-        out = subprocess.run(["ip", "-j", "addr", "show", "dev", iface], capture_output=True, text=True,
-                             timeout=5, check=True).stdout
-        return [a["local"] for entry in json.loads(out) for a in entry.get("addr_info", []) if "local" in a]
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
-        return []
