@@ -40,7 +40,7 @@ def _say(message: str) -> None:
 @click.version_option(__version__, "-V", "--version", prog_name="flowlog")
 def main():
     """Cloud-format network flow logs (Tencent Cloud Flow Logs, AWS VPC Flow Logs version 2)
-    from capture files."""
+    from network interfaces and capture files."""
 
 
 def _interface_ids(values) -> tuple[dict[str, str], str | None]:
