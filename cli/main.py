@@ -91,7 +91,7 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
 @click.option("-F", "filter_file", type=click.File("r"), metavar="FILE",
               help="Read the filter expression from FILE.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Stop after this many seconds (live capture).")
+              help="Stop after this many seconds of wall-clock time, then write every open window.")
 @click.option("--snaplen", type=click.IntRange(min=64, max=262144), metavar="BYTES",
               help="Live capture: bytes kept of each frame (default: enough for the headers flowlog reads).")
 @click.option("--buffer-size", type=click.IntRange(min=65536), metavar="BYTES",

@@ -36,7 +36,7 @@ class RunOptions:
     snaplen: int = 262144
     #: the compiled (numba) path: True, False, or None to decide by the input's size (flowlog.core.jit)
     compiled: bool | None = None
-    #: stop after this many seconds of wall-clock time (live sources)
+    #: stop after this many seconds of wall-clock time
     duration: float | None = None
 
     def check(self) -> None:
@@ -200,7 +200,8 @@ class Run:
             if emitted is not None:
                 for s in self.sources:
                     s.commit(emitted, self.meter.agg.horizon)
-            if self.live and deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
+                result.interrupted = True
                 break
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)

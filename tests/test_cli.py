@@ -355,3 +355,16 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     quiet = subprocess.run([sys.executable, "-m", "flowlog.cli", "capture", "-r", str(cap)], capture_output=True,
                            env=env, timeout=120)
     assert quiet.stderr == b""
+
+
+def test_duration_stops_reading_a_file_too(tmp_path):
+    big = tmp_path / "long.pcap"
+    synth.write_pcap(big, ((1_700_000_000 + i * 0.02, synth.packet("10.0.0.1", "10.0.0.2", 17, 1 + i % 7, 53))
+                           for i in range(300_000)))
+    env = {**os.environ, "FLOWLOG_NO_JIT": "1"}          # the slow path: the deadline comes first
+    proc = subprocess.run([sys.executable, "-m", "flowlog.cli", "capture", "-r", str(big), "--duration", "0.5",
+                           "--stats"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    stats = dict(l.rsplit(None, 1) for l in proc.stderr.splitlines() if not l.startswith("flowlog:"))
+    assert 0 < int(stats["frames"]) < 300_000
+    assert sum(int(l.split()[8]) for l in proc.stdout.splitlines()) == int(stats["frames"])
