@@ -36,13 +36,18 @@ CHECKPOINT_VERSION = 1
 
 
 def _signature(path: str) -> str | None:
-    """Identity of a file's content: its first 64 bytes after the magic (None while too short)."""
+    """Identity of a file's content: its first 40 bytes (None while shorter).
+
+    For classic pcap that is the file header and the first record's header (its time and
+    lengths): bytes that do not change once written, and that differ when a rotation rewrites
+    the file.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(24 + 64)
+            head = f.read(40)
     except OSError:
         return None
-    if len(head) < 24 + 16:
+    if len(head) < 40:
         return None
     return hashlib.sha1(head).hexdigest()[:16]
 
@@ -53,7 +58,6 @@ class _File:
     signature: str
     order: int                   # position in the stream: files read earlier have lower numbers
     reader: CaptureFile | None = None
-    done: bool = False
 
 
 class FileRing:
@@ -134,7 +138,6 @@ class FileRing:
             f.reader = CaptureFile(f.path, self.ctx, name=self.name, compiled=False)
         except SourceError as e:
             self.ctx.warn(f"{e}; skipped")
-            f.done = True
             return False
         f.reader.follow = True
         return True
@@ -148,8 +151,16 @@ class FileRing:
         return size < f.reader.read_position() or _signature(f.path) != f.signature
 
     # -- reading -------------------------------------------------------------------------
-    def stop(self) -> None:
-        self._stop = True
+    def _fresh(self, f: _File) -> Iterator[FrameBatch]:
+        """The batches of the records written to ``f`` since the last look, positions noted."""
+        for batch in f.reader.poll():
+            batch = self._positions(f, batch)
+            if len(batch):
+                yield batch
+
+    def _leave(self, f: _File) -> None:
+        f.reader.close()
+        self._current = None
 
     def batches(self) -> Iterator[FrameBatch]:
         idle_since = time.monotonic()
@@ -163,38 +174,31 @@ class FileRing:
                     continue
                 self._current = f
             got = False
-            for batch in f.reader.poll():
-                batch = self._positions(f, batch)
-                if len(batch):
-                    got = True
-                    yield batch
+            for batch in self._fresh(f):
+                got = True
+                yield batch
             if got:
                 idle_since = time.monotonic()
                 continue
             if f.reader.failed:
-                f.done, self._current = True, None
+                self._leave(f)
                 continue
             # nothing new in this file: a newer file means the writer has moved on
             if self._rewritten(f):
                 self.ctx.warn(f"{f.path}: overwritten by the rotation before it was read to its end; "
                               f"frames written after byte {f.reader.read_position()} were lost")
-                f.reader.close()
-                f.done, self._current = True, None
+                self._leave(f)
                 continue
             newer = self._next_file()
             if newer is not None:
-                # read what the writer may have added last, then move on
-                for batch in f.reader.poll():
-                    batch = self._positions(f, batch)
-                    if len(batch):
-                        yield batch
+                yield from self._fresh(f)        # what the writer may have added last
                 tail = os.path.getsize(f.path) - f.reader.read_position()
                 if tail > 0:
                     self.ctx.damaged(f"{f.path}: {tail} bytes at the end are not a whole record "
                                      f"(the writer moved on to {os.path.basename(newer.path)})")
-                f.reader.close()
-                f.done = True
-                self._current = newer if self._open(newer) else None
+                self._leave(f)
+                if self._open(newer):
+                    self._current = newer
                 continue
             yield FrameBatch.empty()
             time.sleep(POLL_INTERVAL if time.monotonic() - idle_since > 1 else POLL_INTERVAL / 4)
@@ -242,10 +246,10 @@ class FileRing:
             self._resume = cp
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise SourceError(f"{path}: not a flowlog checkpoint ({e}); remove it to start afresh") from None
-        candidates = {(p, _signature(p)): p for p in self._candidates()}
+        candidates = {(p, _signature(p)) for p in self._candidates()}
         marks = [m for m in (cp["resume"], cp["delivered"]) if m]
         known = {(m["path"], m["signature"]) for m in marks}
-        if marks and not known & set(candidates):
+        if marks and not known & candidates:
             self.ctx.warn(f"{path}: the files it points into were overwritten since; frames in between are lost")
         # files whose first packet is older than the resume file's are finished
         first_of = {}
@@ -261,7 +265,7 @@ class FileRing:
         if anchor is not None:
             for key, t in first_of.items():
                 if t < first_of[anchor]:
-                    self._seen[key] = _File(key[0], key[1], -1, done=True)
+                    self._seen[key] = _File(key[0], key[1], -1)      # read before the stop
         self._resume_first = first_of
 
     def _skip_delivered(self, f: _File, offsets: np.ndarray, ws: np.ndarray) -> np.ndarray:

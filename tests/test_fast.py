@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from flowlog.core import jit, synth
 from flowlog.core.api import SourceContext
 from flowlog.core.capfile import CaptureFile, sniff
-from flowlog.core.decode import _DTYPES, _FIELDS, decode_batch
-from flowlog.core.decode import walk
-from flowlog.core.errors import SourceError
+from flowlog.core.decode import _DTYPES, _FIELDS, decode_batch, walk
 from flowlog.core.frames import FrameBatch
+from flowlog.plugins.pcap import expand
 
 pytestmark = pytest.mark.skipif(not jit.available(), reason="numba is not available (or FLOWLOG_NO_JIT is set)")
 
@@ -39,15 +37,8 @@ BUNDLED = HERE / "data" / "captures"
 
 
 def _captures(folder: Path) -> list[Path]:
-    found = []
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            try:
-                sniff(str(path))
-            except SourceError:
-                continue
-            found.append(path)
-    return found
+    """The capture files in ``folder`` (by magic number), as the pcap source picks them."""
+    return [Path(p) for p in expand(str(folder))]
 
 
 def _linktypes(ctx: SourceContext) -> np.ndarray:

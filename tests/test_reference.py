@@ -8,16 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from flowlog.core.api import SourceContext
-from flowlog.core.capfile import CaptureFile, sniff
+from flowlog.core.capfile import CaptureFile
 from flowlog.core.decode import decode_batch
 from flowlog.core.decode.reference import decode_batch_reference, decode_frame_reference
 from flowlog.core.decode.walk import (
-    MALFORMED, NON_IP, OK, R_IP4_IHL, R_IP4_SHORT, R_IP6_SHORT, R_LINK_SHORT, R_LINKTYPE, R_VERSION, decode_frame,
+    MALFORMED,
+    NON_IP,
+    OK,
+    R_IP4_IHL,
+    R_IP4_SHORT,
+    R_IP6_SHORT,
+    R_LINK_SHORT,
+    R_LINKTYPE,
+    R_VERSION,
+    decode_frame,
 )
-from flowlog.core.errors import SourceError
 from flowlog.core.frames import FrameBatch
+from flowlog.plugins.pcap import expand
 
 BUNDLED = Path(__file__).resolve().parent / "data" / "captures"
 
@@ -26,16 +34,8 @@ BUNDLED = Path(__file__).resolve().parent / "data" / "captures"
 
 
 def _captures(folder: Path) -> list[Path]:
-    found = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        try:
-            sniff(str(path))
-        except SourceError:
-            continue
-        found.append(path)
-    return found
+    """The capture files in ``folder`` (by magic number), as the pcap source picks them."""
+    return [Path(p) for p in expand(str(folder))]
 
 
 def _compare(path: Path) -> tuple[int, dict, list, set]:
