@@ -50,11 +50,7 @@ class SourceContext:
         """Record an interface's own IP addresses (text), for the flow-direction field."""
         import ipaddress
 
-        iid = "_".join(self.interface_id(name).split()) or "-"
-        if iid not in self.interfaces:
-            self.interfaces.append(iid)
-        index = self.interfaces.index(iid)
-        own = self.addresses.setdefault(index, set())
+        own = self.addresses.setdefault(self._interface(name), set())
         for a in addresses:
             ip = ipaddress.ip_address(str(a).split("%", 1)[0])
             value = int(ip)
@@ -66,15 +62,16 @@ class SourceContext:
             return self._interface_ids[name]
         return self._default_interface_id or name
 
-    def add_link(self, name: str, linktype: int) -> int:
-        # records are space-separated: an interface name never carries white space
+    def _interface(self, name: str) -> int:
+        """Index of the interface a source calls ``name``, added to the run's list if new."""
+        # records are space-separated: an interface-id never carries white space
         iid = "_".join(self.interface_id(name).split()) or "-"
-        try:
-            iface = self.interfaces.index(iid)
-        except ValueError:
-            iface = len(self.interfaces)
+        if iid not in self.interfaces:
             self.interfaces.append(iid)
-        link = Link(iface, linktype)
+        return self.interfaces.index(iid)
+
+    def add_link(self, name: str, linktype: int) -> int:
+        link = Link(self._interface(name), linktype)
         try:
             return self.links.index(link)
         except ValueError:
