@@ -122,7 +122,7 @@ class CaptureFile:
         if batch_frames is None:
             batch_frames = BATCH_FRAMES_COMPILED if self.compiled else BATCH_FRAMES
         self.batch_frames = batch_frames
-        self._raw_pos = 0
+        #: frames handed on so far
         self.frames = 0
         if buffer_size is None:
             buffer_size = BUFFER_SIZE_COMPILED if self.compiled else BUFFER_SIZE
@@ -407,6 +407,7 @@ class CaptureFile:
                 which, items, more = out.get()
                 for item in items:
                     if isinstance(item, FrameBatch):
+                        self.frames += len(item)
                         yield item
                     elif item[0] == "normalised":
                         self.normalised_timestamps += item[1]
@@ -440,6 +441,7 @@ class CaptureFile:
     def _batch(self, cols) -> FrameBatch:
         off, cap, wire, sec, nsec, link = cols
         self.batch_base = self._file_pos
+        self.frames += len(off)
         return FrameBatch(np.frombuffer(self._buf, np.uint8),
                           np.array(off, np.int64) - self._file_pos, np.array(cap, np.int64),
                           np.array(wire, np.int64), np.array(sec, np.int64), np.array(nsec, np.int64),
@@ -526,6 +528,7 @@ class CaptureFile:
             self.normalised_timestamps += normalised
             if n:
                 off, cap, wire, sec, nsec, link = (c[:n] for c in cols)
+                self.frames += n
                 return FrameBatch(buf, off, cap, wire, sec, nsec, link), status != CORRUPT or self._corrupt()
             if status == FULL:          # batch_frames < 1: as _walk_pcap, an empty batch
                 return None, True

@@ -8,14 +8,6 @@ import numpy as np
 
 from .frames import FrameBatch
 
-_NEVER = (1 << 63) - 1
-
-
-def _first(b: FrameBatch) -> tuple[int, int]:
-    i = int(np.lexsort((b.nsec, b.sec))[0])
-    return int(b.sec[i]), int(b.nsec[i])
-
-
 def _last(b: FrameBatch) -> tuple[int, int]:
     i = int(np.lexsort((b.nsec, b.sec))[-1])
     return int(b.sec[i]), int(b.nsec[i])
