@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import enum
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator, NamedTuple, Sequence
 
@@ -197,3 +198,102 @@ class ListSink(Sink):
 
     def write(self, records: list) -> None:
         self.records.extend(records)
+
+
+# --------------------------------------------------------------------------------------------
+# Network sinks: the delivery contract (DESIGN.md, "Delivery"; man page flowlog-plugins(7)).
+#
+# A network sink subclasses DeliverySink and says only two things: how one record becomes
+# an item of bytes (encode), and how to send a batch of items and what the answer means
+# (send). The core does the rest for every such sink, third-party ones included: it groups
+# the records of each emission into batches (one window and interface each, capped by the
+# sink's max_items / max_bytes), writes every batch to an on-disk spool (fsync'd) before the
+# records count as accepted, sends batches in order from a thread of its own, retries with
+# exponential backoff and jitter, and removes a batch from the spool only when the sink
+# confirms it. A restart sends what the spool still holds first.
+# --------------------------------------------------------------------------------------------
+
+class Verdict(str, enum.Enum):
+    """What a sink's answer to one batch means for the delivery layer."""
+
+    #: delivered (the items of ``Answer.pending`` excepted, if given; see Answer)
+    OK = "ok"
+    #: not delivered, try again later (throttled, busy, 5xx, connection lost, timeout)
+    RETRY = "retry"
+    #: not delivered and never will be as things are (bad credentials, no such index or topic):
+    #: the sink stops with ``Answer.reason``; its batches stay in the spool
+    FAIL = "fail"
+    #: the batch as a whole cannot be taken (too large, one bad item): send it again in halves
+    SPLIT = "split"
+
+
+@dataclass
+class Answer:
+    """A sink's answer to one :meth:`DeliverySink.send` call.
+
+    ``reason`` is shown to people: it must never contain a secret. ``retry_after`` is the
+    server's own advice in seconds (Retry-After), if any. With ``Verdict.OK``:
+    ``pending`` lists indexes (into the items sent) that were not delivered but may be on a
+    retry (per-item 429 or 5xx in a bulk answer); ``rejected`` maps indexes of items the
+    server refused for good to the reason (a mapping error): those are moved to the spool's
+    ``rejected`` area, shown by ``flowlog spool``, never dropped silently. Every other item
+    counts as delivered.
+    """
+
+    verdict: Verdict
+    reason: str = ""
+    retry_after: float | None = None
+    pending: Sequence[int] = ()
+    rejected: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    """What a sink knows about the batch it sends.
+
+    ``batch_id`` is fixed when the batch enters the spool and stays the same over retries
+    and restarts: a sink that names objects or documents after it never duplicates on a
+    retry. ``start``/``end`` are the window bounds, ``interface_id`` and ``account_id`` the
+    record fields common to the batch; ``attempt`` counts from 1.
+    """
+
+    batch_id: str
+    start: int
+    end: int
+    interface_id: str
+    account_id: str | None
+    records: int
+    attempt: int = 1
+
+
+class DeliverySink(Sink):
+    """Base class of sinks that deliver over a network (or anything that can fail and recover).
+
+    Subclasses set ``scheme`` and ``description``, check their URI and read their secrets
+    from the environment in ``__init__`` or :meth:`open` (raising
+    :class:`~flowlog.core.errors.ConfigError` with a one-line message), and implement
+    :meth:`encode` and :meth:`send`. They never see the spool, the retries or the threads.
+    """
+
+    #: most items in one batch, and most bytes of items (the sink's own request limits)
+    max_items: ClassVar[int] = 10_000
+    max_bytes: ClassVar[int] = 5 << 20
+
+    @abc.abstractmethod
+    def encode(self, record) -> bytes:
+        """One record (:class:`flowlog.core.records.Record`) as the bytes of one item."""
+
+    @abc.abstractmethod
+    def send(self, items: list[bytes], meta: BatchMeta) -> Answer:
+        """Send one batch and classify the answer. Called from the delivery thread.
+
+        Network errors (refused, reset, timeout) are answered with ``Verdict.RETRY``, not
+        raised; an exception escaping here is treated as RETRY and reported as a bug.
+        """
+
+    def spool_key(self) -> str:
+        """What identifies this sink's spool: by default the URI (which holds no secret)."""
+        return self.uri.text
+
+    def write(self, records: list) -> None:  # pragma: no cover - the delivery layer calls encode/send
+        raise TypeError(f"{self.scheme}: records reach a network sink through the delivery layer")
