@@ -42,3 +42,40 @@ class URI:
 
     def __str__(self) -> str:
         return self.text
+
+
+#: Query keys that hold secrets: refused in any URI (they would show in argv, ps and logs).
+SECRET_QUERY_KEYS = frozenset(("password", "passwd", "pass", "token", "secret", "secret_key", "secretkey",
+                               "secret_id", "secretid", "api_key", "apikey", "key", "access_key",
+                               "accesskey", "session_token", "auth", "authorization", "signature"))
+
+
+def refuse_secrets(uri: URI, env_hint: str) -> None:
+    """Raise ConfigError when ``uri`` carries a credential (user:password@, or a secret query key).
+
+    ``env_hint`` says where the secret goes instead, e.g. ``"FLOWLOG_ES_API_KEY or
+    FLOWLOG_ES_USER/FLOWLOG_ES_PASSWORD"``. The message never repeats the secret.
+    """
+    netloc = uri.netloc
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        what = "a password" if ":" in userinfo else "a user name"
+        raise ConfigError(f"{uri.scheme}: URI carries {what} before '@': credentials are never given in a URI "
+                          f"(it shows in the process list and logs); set {env_hint} in the environment")
+    bad = sorted(k for k in uri.query if k.lower().replace("-", "_") in SECRET_QUERY_KEYS)
+    if bad:
+        raise ConfigError(f"{uri.scheme}: URI carries a secret in its query ({', '.join(bad)}=...): credentials are "
+                          f"never given in a URI; set {env_hint} in the environment")
+
+
+def redact(text: str) -> str:
+    """A URI as it may be shown: any user information and secret query values replaced by ``***``."""
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if k.lower().replace("-", "_") in SECRET_QUERY_KEYS else (f"{k}={v}" if v or "=" in pair else k)
+        for pair in parts.query.split("&") if pair
+        for k, _, v in [pair.partition("=")])
+    return parts._replace(netloc=netloc, query=query).geturl()
