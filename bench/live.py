@@ -3,6 +3,7 @@
 
     sudo python bench/live.py                                     # live, ring (if installed), softflowd
     sudo python bench/live.py --tools live --rates 100000,200000,400000 --seconds 5
+    sudo python bench/live.py --tools ring,ring-w2                # ring with one and two workers
 
 Creates a network namespace with a veth pair (IPv6 off on both ends, so that the link carries
 nothing but the replay), generates a capture with bench/gen.py (200,000 packets, 2,000 flows,
@@ -73,23 +74,38 @@ def has_source(scheme: str) -> bool:
     return any(json.loads(l).get("scheme") == f"{scheme}:" for l in r.stdout.splitlines() if l.strip())
 
 
-def wait_socket(pid: int, timeout: float = 120) -> None:
-    """Until the process holds a packet socket, then a moment more."""
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait_socket(pid: int, timeout: float = 120, sockets: int = 1) -> None:
+    """Until the process (or its worker processes) holds ``sockets`` packet sockets, then a moment more."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open("/proc/net/packet") as f:
             inodes = {line.split()[-1] for line in f.readlines()[1:] if line.strip()}
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
+        if not os.path.exists(f"/proc/{pid}"):
+            raise RuntimeError("the capturer ended before capturing")
+        held = 0
+        for p in [pid, *_children(pid)]:
+            try:
+                fds = os.listdir(f"/proc/{p}/fd")
+            except OSError:
+                continue
+            for fd in fds:
                 try:
-                    t = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    t = os.readlink(f"/proc/{p}/fd/{fd}")
                 except OSError:
                     continue
                 if t.startswith("socket:[") and t[8:-1] in inodes:
-                    time.sleep(1.0)
-                    return
-        except FileNotFoundError:
-            raise RuntimeError("the capturer ended before capturing") from None
+                    held += 1
+        if held >= sockets:
+            time.sleep(1.0)
+            return
         time.sleep(0.05)
     raise RuntimeError("the capturer did not open a packet socket in time")
 
@@ -102,12 +118,16 @@ def replay(pcap: str, rate: int, loops: int) -> tuple[int, float]:
     return sent, float(m.group(1)) if m else float("nan")
 
 
-def trial_flowlog(scheme: str, pcap: str, rate: int, loops: int) -> dict:
+def trial_flowlog(tool: str, pcap: str, rate: int, loops: int) -> dict:
+    """``tool``: live, ring, or ring-wN (ring with --workers N)."""
+    scheme, _, w = tool.partition("-w")
+    workers = int(w or 1)
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([*flowlog_cmd(), "capture", "--from", f"{scheme}:{HOST}", "--stats", "-q",
-                                 "--lateness", "0"], stdout=subprocess.DEVNULL, stderr=err, text=True)
+                                 "--lateness", "0", *(["--workers", str(workers)] if workers > 1 else [])],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
-            wait_socket(proc.pid)
+            wait_socket(proc.pid, sockets=workers)
             sent, achieved = replay(pcap, rate, loops)
             time.sleep(1.0)
             proc.send_signal(signal.SIGINT)
@@ -175,7 +195,7 @@ def main(argv=None) -> int:
     tools = []
     for t in a.tools.split(","):
         t = t.strip()
-        if t in ("live", "ring") and not has_source(t):
+        if t.partition("-w")[0] in ("live", "ring") and not has_source(t.partition("-w")[0]):
             print(f"skipping {t}: no '{t}:' source plugin installed", file=sys.stderr)
         elif t == "softflowd" and not (shutil.which("softflowd") and shutil.which("softflowctl")):
             print("skipping softflowd: not installed", file=sys.stderr)

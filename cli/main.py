@@ -98,7 +98,7 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
               help="Live capture: the kernel's capture buffer size.")
 @click.option("--no-promisc", is_flag=True, help="Live capture: do not put the interface in promiscuous mode.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True, metavar="N",
-              help="ring: capture: worker processes sharing the interface by flow hash (PACKET_FANOUT).")
+              help="ring: capture: worker processes sharing the interface by flow hash (PACKET_FANOUT); records are merged per window.")
 @click.option("--ring-blocks", type=click.IntRange(min=2), metavar="N",
               help="ring: capture: number of blocks in the memory-mapped ring.")
 @click.option("--block-size", type=click.IntRange(min=4096), metavar="BYTES",

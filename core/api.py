@@ -106,6 +106,11 @@ class Source(abc.ABC):
     #: then also close on the wall clock. Such a source yields a batch (empty if need be) at
     #: least every few tenths of a second, so that the run can close windows and notice signals.
     live: ClassVar[bool] = False
+    #: True when several processes can share the source's input (``--workers N``): the run then
+    #: starts N worker processes, each opening its own copy of the source with the option
+    #: ``fanout_group`` (0 for the first, which sets the attribute ``fanout_group`` to the group it
+    #: created; the group's number for the others), and merges their records window by window.
+    fanout: ClassVar[bool] = False
 
     def __init__(self, uri: URI, options: dict | None = None):
         self.uri = uri

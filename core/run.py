@@ -93,6 +93,8 @@ class Run:
         self.ctx.window = options.window
         self._progress = progress
         self._stop = False
+        self._stop_at: float | None = None
+        self._fanout = None
         self._consumed: int | None = None
         self._linktypes = np.zeros(0, np.int64)
         self._link_iface = np.zeros(0, np.int64)
@@ -112,7 +114,13 @@ class Run:
             self._link_iface = np.array([l.interface for l in links], np.int64)
 
     def open(self) -> None:
-        """Open every source and sink; errors here stop the run before any output."""
+        """Open every source and sink; errors here stop the run before any output. Once only."""
+        if self.meter is not None or self._fanout is not None:
+            return
+        workers = self._workers()
+        if workers > 1:
+            self._open_fanout(workers)
+            return
         if self.options.compiled is not False and any(s.live for s in self.sources) and jit.available():
             jit.warm_up()        # before capturing starts: the kernel's buffer need not absorb the loading
         for s in self.sources:
@@ -138,9 +146,81 @@ class Run:
         for k in self.sinks:
             k.open()
 
+    def _workers(self) -> int:
+        """Worker processes the sources ask for (ring: --workers); more than one needs one such source."""
+        wanted = [(s, int(s.options.get("workers") or 1)) for s in self.sources]
+        many = [(s, n) for s, n in wanted if n > 1]
+        if not many:
+            return 1
+        source, n = many[0]
+        if not getattr(source, "fanout", False):
+            raise ConfigError(f"{source.uri}: --workers applies to sources that can share an interface among "
+                              f"processes (ring:IFACE), not to {source.scheme}:")
+        if len(self.sources) > 1:
+            raise ConfigError("--workers needs a single source (one ring:IFACE)")
+        if self.options.count is not None:
+            raise ConfigError("-c/--count counts frames in one process: leave it out with --workers, or use "
+                              "--duration")
+        return n
+
+    def _open_fanout(self, workers: int) -> None:
+        from .fanout import Fanout
+
+        def say(message: str) -> None:
+            (self.ctx.warnings if message.startswith("warning:") else self.ctx.damage).append(message)
+            self.ctx._warn(message)
+
+        self.live = True
+        self.compiled = self.ctx.compiled = self.options.compiled is not False and jit.available()
+        fanout = Fanout(self.sources[0], self.options, workers, self.ctx.interfaces, self.options.account_id, say)
+        fanout.start()
+        self._fanout = fanout
+        try:
+            for k in self.sinks:
+                k.open()
+        except BaseException:
+            fanout.stop()
+            fanout.close()
+            raise
+
+    def _run_fanout(self, started: float) -> RunResult:
+        fanout = self._fanout
+        result = RunResult(fanout.result.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage)
+        deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
+
+        def should_stop() -> bool:
+            if self._stop:
+                result.interrupted = True
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                result.interrupted = True
+                return True
+            return False
+
+        try:
+            try:
+                for batch in fanout.batches(should_stop):
+                    self._deliver([batch])
+            finally:
+                fanout.stop()
+                fanout.close()
+                result.capture.update(fanout.result.capture)
+            for k in self.sinks:
+                k.close()
+        except OutputClosed:
+            result.output_closed = True
+        result.elapsed = time.monotonic() - started
+        return result
+
+    def close_sources(self) -> None:
+        for s in self.sources:
+            s.close()
+
     def run(self) -> RunResult:
         started = time.monotonic()
         self.open()
+        if self._fanout is not None:
+            return self._run_fanout(started)
         result = RunResult(self.meter.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage)
         try:
             try:
@@ -150,7 +230,7 @@ class Run:
                     for k, v in (s.capture_stats() or {}).items():
                         result.capture[k] = result.capture.get(k, 0) + v
                     s.close()
-            self._deliver(self.meter.flush(time.time() if self.live else None))
+            self._deliver(self.meter.flush((self._stop_at or time.time()) if self.live else None))
             for k in self.sinks:
                 k.close()
             for s in self.sources:
@@ -160,11 +240,13 @@ class Run:
         result.elapsed = time.monotonic() - started
         return result
 
-    def stop(self) -> None:
+    def stop(self, at: float | None = None) -> None:
         """Stop reading after the batch in hand; open windows are then written as at the end of input.
 
-        Safe to call from a signal handler (SIGINT, SIGTERM).
+        Safe to call from a signal handler (SIGINT, SIGTERM). ``at``: live capture writes the
+        windows up to the one holding this wall-clock time (workers of one run stop together).
         """
+        self._stop_at = at
         self._stop = True
 
     def _streams(self):

@@ -46,8 +46,16 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_FANOUT = 18
+PACKET_FANOUT_DATA = 22
 PACKET_MR_PROMISC = 1
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_CBPF = 6
+PACKET_FANOUT_FLAG_ROLLOVER = 0x1000
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
+#: a worker whose ring is full passes packets on to the next instead of dropping them. (Not
+#: PACKET_FANOUT_FLAG_DEFRAG: the kernel would deliver reassembled datagrams, while a record counts
+#: every fragment as the packet it was on the wire.)
+FANOUT_FLAGS = PACKET_FANOUT_FLAG_ROLLOVER
 TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
 BPF_RET_K = 0x06
@@ -82,6 +90,8 @@ class RingSource(Source):
     description = "live capture from an interface via the Linux memory-mapped ring (AF_PACKET TPACKET_V3)"
     live = True
     applies_filter = True
+    #: several processes can share the interface (--workers: a PACKET_FANOUT group)
+    fanout = True
 
     def __init__(self, uri, options=None):
         super().__init__(uri, options)
@@ -99,9 +109,8 @@ class RingSource(Source):
             raise ConfigError(f"--block-size {self.block_size}: must be a multiple of the page size ({page} bytes)")
         if self.blocks < 2:
             raise ConfigError("--ring-blocks must be at least 2")
-        if self.workers > 1:
-            raise ConfigError(f"{uri}: --workers {self.workers} is not supported yet (ring: captures with one "
-                              f"process); leave --workers out")
+        #: set in a worker process: the fanout group to join (0: create one, the kernel picks its id)
+        self.fanout_group: int | None = o.get("fanout_group")
         self.sock: socket.socket | None = None
         self.mm: mmap.mmap | None = None
         self._held = 0          # blocks of the batch in hand, from self._next on
@@ -154,6 +163,8 @@ class RingSource(Source):
                 if e.errno == errno.ENODEV:
                     raise SourceError(f"{name}: no such network interface") from None
                 raise SourceError(f"{name}: cannot bind to the interface: {e.strerror}") from None
+            if self.fanout_group is not None:
+                self._join_fanout(name)
             self._read_stats()      # start the counters from here
             for k in self._stats:
                 self._stats[k] = 0
@@ -166,6 +177,31 @@ class RingSource(Source):
             ctx.add_addresses(self.iface, addresses)
         cap = max(65536, self.block_size // 16 * min(self.blocks, self._max_blocks()))
         self._cols = [np.empty(cap, np.int64) for _ in range(5)] + [np.empty(cap, np.int32)]
+
+    def _join_fanout(self, name: str) -> None:
+        """Join (or with group 0, create) the PACKET_FANOUT group the run's workers share.
+
+        Packets are spread by flow: by flowlog's own symmetric hash of addresses and ports (a
+        classic BPF program, PACKET_FANOUT_CBPF), which does not depend on how the sender set
+        the kernel's packet hash.
+        """
+        from flowlog.core.bpf import flow_hash_program
+
+        first = not self.fanout_group
+        mode = PACKET_FANOUT_CBPF | FANOUT_FLAGS | (PACKET_FANOUT_FLAG_UNIQUEID if first else 0)
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT,
+                                 struct.pack("I", (self.fanout_group & 0xFFFF) | (mode << 16)))
+            if first:
+                self.fanout_group = struct.unpack("I", self.sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] & 0xFFFF
+                prog = flow_hash_program()
+                insns = b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in prog)
+                self._fanout_buf = ctypes.create_string_buffer(insns, len(insns))
+                fprog = struct.pack("HP", len(prog), ctypes.addressof(self._fanout_buf))
+                self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
+        except OSError as e:
+            raise SourceError(f"{name}: the kernel refused to share the interface among workers "
+                              f"(PACKET_FANOUT): {e.strerror}") from None
 
     def _linktype(self, name: str) -> int:
         try:

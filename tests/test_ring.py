@@ -95,11 +95,17 @@ def test_missing_interface_is_one_clear_line():
     assert r.stderr.strip().splitlines() == ["flowlog: error: ring:nosuchif: no such network interface"]
 
 
-def test_workers_are_not_supported_yet():
-    r = flowlog("capture", "--from", "ring:lo", "--workers", "2")
+@pytest.mark.parametrize("args, says", [
+    (("-r", "FILE"), "--workers applies to sources that can share an interface"),
+    (("--from", "ring:lo", "-c", "10"), "-c/--count counts frames in one process"),
+    (("--from", "ring:lo", "--from", "ring:lo"), "--workers needs a single source"),
+])
+def test_workers_need_one_ring_source_and_no_count(args, says, data):
+    args = tuple(str(data / "captures" / "6in4tunnel.pcap") if a == "FILE" else a for a in args)
+    r = flowlog("capture", *args, "--workers", "2")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--workers 2 is not supported yet" in lines[0]
+    assert len(lines) == 1 and says in lines[0], r.stderr
 
 
 def test_block_size_must_be_whole_pages():
@@ -180,17 +186,17 @@ def _totals(text: str, status="OK"):
     return dict(out)
 
 
-def _bound(ifname: str, timeout: float = 15) -> None:
-    """Wait until a packet socket is bound to ``ifname`` (flowlog's ring is in place)."""
+def _bound(ifname: str, timeout: float = 15, sockets: int = 1) -> None:
+    """Wait until ``sockets`` packet sockets are bound to ``ifname`` (flowlog's rings are in place)."""
     with open(f"/sys/class/net/{ifname}/ifindex") as f:
         index = int(f.read())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open("/proc/net/packet") as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if len(parts) >= 5 and int(parts[4]) == index and parts[3] == "0003":
-                    return
+            bound = sum(1 for parts in (line.split() for line in f.readlines()[1:])
+                        if len(parts) >= 5 and int(parts[4]) == index and parts[3] == "0003")
+        if bound >= sockets:
+            return
         time.sleep(0.05)
     raise AssertionError(f"flowlog did not bind a packet socket to {ifname} within {timeout} s")
 
@@ -202,7 +208,8 @@ def _capture(veth, pcap, *flowlog_args, replay=("--pps", "20000"), settle=2.5):
                              "--window", "3600", "--stats", *flowlog_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _bound(host)
+        workers = int(flowlog_args[flowlog_args.index("--workers") + 1]) if "--workers" in flowlog_args else 1
+        _bound(host, sockets=workers, timeout=30)
         rep = subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", far, *replay, str(pcap)],
                              capture_output=True, text=True, timeout=30)
         assert rep.returncode == 0, rep.stderr
@@ -261,5 +268,52 @@ def test_ring_kernel_drops_are_skipdata(veth, tmp_path):
     skip_lines = [line.split() for line in out.splitlines() if line.endswith(" SKIPDATA")]
     assert skip_lines and all(f[3:8] == ["-"] * 5 and f[9] == "-" for f in skip_lines)
     skipped = sum(int(f[8]) for f in skip_lines)
+    assert skipped == _stat(err, "dropped by the kernel") > 0
+    assert ok + skipped == sent
+
+
+# --- several workers sharing the interface (PACKET_FANOUT) --------------------------------------
+
+def _many_flows(n_frames: int, size_of=lambda i: 60 + i % 300):
+    """Frames of 64 UDP flows and 16 TCP flows: enough keys that the kernel's flow hash uses every worker."""
+    frames = []
+    t = 1_700_000_000.0
+    for i in range(n_frames):
+        k = i % 80
+        if k < 64:
+            f = synth.packet(f"10.8.{k // 16}.{k % 16 + 1}", "10.8.9.9", 17, 20000 + k, 53, size=size_of(i))
+        else:
+            f = synth.packet("10.8.9.9", f"10.8.5.{k - 63}", 6, 443, 41000 + k, size=size_of(i))
+        frames.append((t + i * 1e-4, f))
+    return frames
+
+
+def test_workers_share_the_interface_and_merge_exactly(veth, tmp_path):
+    pcap = tmp_path / "many.pcap"
+    synth.write_pcap(pcap, _many_flows(4000))
+    truth = flowlog("capture", "-r", str(pcap))
+    assert truth.returncode == 0
+    out, err, sent = _capture(veth, pcap, "--workers", "2", settle=3.0)
+    assert sent == 4000
+    assert _totals(out) == _totals(truth.stdout)
+    # one record per flow and window: the workers' shares were merged, never written twice
+    keys = [tuple(line.split()[3:8]) for line in out.splitlines() if line.endswith(" OK")]
+    assert len(keys) == len(set(keys)) == 80
+    assert _stat(err, "received") == 4000
+    shares = [_stat(err, f"received by worker {i}") for i in (1, 2)]
+    assert sum(shares) == 4000 and min(shares) > 0, shares
+
+
+def test_workers_kernel_drops_are_skipdata(veth, tmp_path):
+    pcap = tmp_path / "fast.pcap"
+    n = synth.write_pcap(pcap, _many_flows(30000, size_of=lambda i: 1200))
+    out, err, sent = _capture(veth, pcap, "--workers", "2", "--ring-blocks", "2", "--block-size", "4096",
+                              replay=("--topspeed",), settle=3.0)
+    assert sent == n
+    ok = sum(v[0] for v in _totals(out).values())
+    skip_lines = [line.split() for line in out.splitlines() if line.endswith(" SKIPDATA")]
+    skipped = sum(int(f[8]) for f in skip_lines)
+    # one SKIPDATA record per window and interface, whatever the number of workers
+    assert len(skip_lines) == len({tuple(f[10:12]) for f in skip_lines})
     assert skipped == _stat(err, "dropped by the kernel") > 0
     assert ok + skipped == sent
