@@ -10,13 +10,18 @@ import sys
 
 import click
 
+from flowlog.cli.explain import explain, policy_options
+from flowlog.cli.spool import spool
 from flowlog.core import __version__
 from flowlog.core.api import SinkOptions
+from flowlog.core.delivery import DeliveryOptions
 from flowlog.core.errors import ConfigError, FlowlogError
 from flowlog.core.formats import FORMATS
 from flowlog.core.plugins import get_registry
+from flowlog.core.policy import DEFAULT_CONNTRACK_TIMEOUT, load_policy
 from flowlog.core.records import parse_fields
 from flowlog.core.run import MAX_WINDOW, Run, RunOptions
+from flowlog.core.spool import parse_size
 from flowlog.core.uri import URI
 
 #: Inputs at least this large get a progress bar (when stderr is a terminal).
@@ -119,12 +124,29 @@ def _split_files(expression: tuple[str, ...]) -> tuple[list[str], list[str]]:
 @click.option("--fields", metavar="LIST",
               help="Comma-separated fields to write, in order (default: the 14 version-2 fields).")
 @click.option("--header", is_flag=True, help="Write a line of field names first (text format).")
+@click.option("--spool", "spool_dir", metavar="DIR",
+              help="Network sinks: where batches wait until the sink confirms them (default: $FLOWLOG_SPOOL, "
+                   "else $XDG_STATE_HOME/flowlog/spool, else ~/.local/state/flowlog/spool).")
+@click.option("--spool-max", metavar="SIZE", default="1G", show_default=True,
+              help="Network sinks: most bytes waiting in one sink's spool (K, M, G, T: powers of 1024).")
+@click.option("--spool-full", type=click.Choice(["wait", "drop-oldest"]), default="wait", show_default=True,
+              help="Network sinks: when a spool is full, wait for delivery to make room, or drop the oldest batches.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30, show_default=True, metavar="SECONDS",
+              help="Network sinks: at the end, how long to wait for what is spooled to be delivered (0: not at all).")
+@policy_options
+@click.option("--traffic-type", type=click.Choice(["accept", "reject", "all"]), default="all", show_default=True,
+              help="Write the records of accepted flows, of rejected flows, or all (NODATA and SKIPDATA always).")
+@click.option("--conntrack-timeout", type=click.IntRange(min=1), default=DEFAULT_CONNTRACK_TIMEOUT, show_default=True,
+              metavar="SECONDS",
+              help="With --sg: idle time after which a security group forgets a connection (its replies).")
 @click.option("--stats", is_flag=True, help="Print a summary of the run on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="No warnings and no progress bar on stderr.")
 @click.argument("expression", nargs=-1)
 def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_file, duration, snaplen,
             buffer_size, no_promisc, workers, ring_blocks, block_size, window, lateness, max_flows, timestamps,
-            account_id, interface_id, fmt, fields, header, stats, quiet, expression):
+            account_id, interface_id, fmt, fields, header, spool_dir, spool_max, spool_full, drain_timeout, stats,
+            quiet, expression, sg=(), acl=None, templates=(), interface_ip=(), traffic_type="all",
+            conntrack_timeout=DEFAULT_CONNTRACK_TIMEOUT):
     """Turn captured frames into flow log records.
 
     \b
@@ -156,6 +178,7 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
         registry = get_registry()
         field_list = parse_fields(fields)
         sink_options = SinkOptions(format=fmt, fields=field_list, header=header)
+        policy = load_policy(sg, acl, templates, interface_ip, conntrack_timeout)
         src_objs = [registry.source("pcap").cls(URI.parse("pcap:" + f), source_options) for f in read]
         src_objs += [registry.source("pcap").cls(URI.parse("pcap:" + f), {**source_options, "follow": True})
                      for f in follow]
@@ -169,7 +192,10 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
             sink_objs.append(registry.sink(uri.scheme).cls(uri, sink_options))
         options = RunOptions(window=window, lateness=lateness, max_flows=max_flows, account_id=account_id,
                              interface_ids=ids, default_interface_id=default_id, timestamps=timestamps,
-                             count=count, bpf_filter=bpf, duration=duration)
+                             count=count, bpf_filter=bpf, duration=duration,
+                             delivery=DeliveryOptions(spool=spool_dir, spool_max=parse_size(spool_max),
+                                                      spool_full=spool_full, drain_timeout=drain_timeout),
+                             policy=policy, traffic_type=traffic_type, interface_addresses=tuple(interface_ip))
         bar = None
         warn = (lambda m: None) if quiet else (lambda m: _say(f"warning: {m}"))
 
@@ -204,6 +230,10 @@ def capture(read, interfaces, follow, checkpoint, sources, sinks, count, filter_
         warn(f"{st.malformed} malformed frame(s) counted in SKIPDATA records ({reasons})")
     for reason, n in sorted(st.anomalies.items()):
         warn(f"{n} packet(s) counted with the IP header's length although it is inconsistent ({reason})")
+    pc = result.policy or {}
+    if pc.get("suppressed_flows"):
+        warn(f"{pc['suppressed_flows']} reply flow(s) ({pc['suppressed_packets']} packets, {pc['suppressed_bytes']} "
+             f"bytes) not written: they answer requests the policy rejected, so the cloud would never carry them")
     if stats and not result.output_closed:
         _print_stats(result)
     sys.exit(result.status)
@@ -234,6 +264,42 @@ def _damage_or_warn(quiet: bool):
     return report
 
 
+def _delivery_rows(result) -> list[tuple[str, object]]:
+    """--stats lines of each network sink (its URI as shown anywhere: no secret)."""
+    rows: list[tuple[str, object]] = []
+    for d in getattr(result, "delivery", ()):
+        rows += [(f"sink {d.sink}", ""),
+                 ("  delivered batches", d.delivered_batches),
+                 ("  delivered records", d.delivered_records),
+                 ("  retries", d.retries),
+                 ("  batches from an earlier run", d.resumed_batches),
+                 ("  waiting in the spool: batches", d.pending_batches),
+                 ("  waiting in the spool: records", d.pending_records),
+                 ("  rejected records", d.rejected_records),
+                 ("  dropped records", d.dropped_records)]
+        if d.failed:
+            rows.append(("  stopped", d.failed))
+    return rows
+
+
+def _policy_rows(result) -> list[tuple[str, object]]:
+    """--stats lines of the policy (--sg/--acl) and of --traffic-type."""
+    pc = result.policy
+    if not pc:
+        return []
+    rows: list[tuple[str, object]] = []
+    if "judged_flows" in pc:
+        rows += [("policy: flows judged", pc["judged_flows"]),
+                 ("  REJECT", pc["rejected_flows"]),
+                 ("  replies not written (request rejected): flows", pc["suppressed_flows"]),
+                 ("  replies not written: packets", pc["suppressed_packets"]),
+                 ("  replies not written: bytes", pc["suppressed_bytes"]),
+                 ("  not the interface's (not judged): flows", pc["unjudged_flows"]),
+                 ("  not the interface's: packets", pc["unjudged_packets"])]
+    rows.append(("records left out by --traffic-type", pc.get("traffic_filtered", 0)))
+    return rows
+
+
 def _print_stats(result) -> None:
     from tabulate import tabulate
 
@@ -255,6 +321,8 @@ def _print_stats(result) -> None:
         *((k, v) for k, v in result.capture.items()),
         ("interfaces", len(result.interfaces)),
         ("seconds", f"{result.elapsed:.3f}"),
+        *_delivery_rows(result),
+        *_policy_rows(result),
     ]
     click.echo(tabulate(rows, tablefmt="plain", disable_numparse=True, colalign=("left", "right")), err=True)
 
@@ -276,6 +344,10 @@ def plugins(as_json):
     from tabulate import tabulate
 
     click.echo(tabulate(rows, headers=["name", "kind", "scheme", "from", "description"], tablefmt="simple"))
+
+
+main.add_command(explain)
+main.add_command(spool)
 
 
 if __name__ == "__main__":  # pragma: no cover

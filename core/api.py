@@ -123,6 +123,14 @@ class Source(abc.ABC):
     def batches(self) -> Iterator[FrameBatch]:
         """Yield the frames, in batches, until the input ends."""
 
+    def drain(self) -> Iterator[FrameBatch]:
+        """The run stops (SIGINT, SIGTERM, --duration): yield what is already captured, without waiting.
+
+        A capturing source hands over what its kernel buffer or ring holds at this moment, so that
+        a stop loses nothing that was captured before it. The default has nothing to hand over.
+        """
+        return iter(())
+
     def close(self) -> None:
         pass
 
@@ -155,6 +163,9 @@ class SinkOptions:
     fields: Sequence[str] | None = None
     header: bool = False
     extra: dict = field(default_factory=dict)
+    #: the run's window length in seconds (the run sets it before opening its sinks): sinks that
+    #: group records by window (file:DIR/, the delivery layer) use it
+    window: int = 60
 
 
 class Sink(abc.ABC):

@@ -77,6 +77,7 @@ class HttpClient:
         """Send one request; ``path`` is appended to the base URL's path. Retries once on a stale
         kept-alive connection; every other network failure raises TransportError."""
         for attempt in (1, 2):
+            reused = self._conn is not None
             conn = self._connection()
             try:
                 conn.request(method, self.base_path + path, body=body, headers=headers or {})
@@ -84,7 +85,7 @@ class HttpClient:
                 data = r.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
                 self.close()
-                if attempt == 1 and isinstance(e, http.client.RemoteDisconnected):
+                if attempt == 1 and reused and isinstance(e, http.client.RemoteDisconnected):
                     continue        # the server closed an idle kept-alive connection: once more, fresh
                 raise TransportError(f"{self.origin}: connection lost ({_describe(e)})") from None
             except (OSError, http.client.HTTPException, ssl.SSLError) as e:
@@ -113,3 +114,40 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror.lower()
     return type(e).__name__ if not str(e) else str(e)
+
+
+#: Query keys of :func:`client_options`: every HTTP-based sink accepts them.
+CLIENT_QUERY_KEYS = ("timeout", "verify", "ca", "ca_file")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def client_options(query: dict[str, str], what: str, *, https: bool, default_timeout: float = 30.0) -> dict:
+    """HttpClient keyword arguments from a sink URI's query: ``timeout=SECONDS``, ``verify=false``
+    (certificate checks off, only when asked by that name), ``ca=PATH`` (or ``ca_file=PATH``).
+
+    ``what`` names the sink in messages. Raises ConfigError on a bad value."""
+    opts: dict = {"timeout": default_timeout, "verify": True, "ca_file": None}
+    if "timeout" in query:
+        try:
+            opts["timeout"] = float(query["timeout"])
+        except ValueError:
+            opts["timeout"] = -1.0
+        if not 0 < opts["timeout"] <= 3600:
+            raise ConfigError(f"{what}: timeout={query['timeout']!r}: expected seconds, more than 0 and at most 3600")
+    if "verify" in query:
+        value = query["verify"].strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise ConfigError(f"{what}: verify={query['verify']!r}: expected true or false")
+        opts["verify"] = value in _TRUE
+    ca = [query[k] for k in ("ca", "ca_file") if k in query]
+    if len(ca) > 1:
+        raise ConfigError(f"{what}: give the CA file once, as ca= or ca_file=")
+    if ca:
+        if not ca[0]:
+            raise ConfigError(f"{what}: ca= needs the path of a CA bundle (PEM)")
+        opts["ca_file"] = ca[0]
+    if not https and (opts["ca_file"] or "verify" in query):
+        raise ConfigError(f"{what}: ca= and verify= apply to TLS; this URI uses plain http")
+    return opts

@@ -19,11 +19,25 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "flowlog.plugins.pcap",
     "flowlog.plugins.ring",
     "flowlog.plugins.stdout",
+    "flowlog.plugins.file",
+    "flowlog.plugins.cls",
+    "flowlog.plugins.cos",
+    "flowlog.plugins.es",
+    "flowlog.plugins.splunk",
 )
 
 #: Environment variable restricting third-party plugins: unset loads all,
 #: empty loads none, ``a,b`` loads only the entry points (or distributions) named.
 LOAD_PLUGINS_ENV = "FLOWLOG_LOAD_PLUGINS"
+
+#: Environment variable naming plugin modules to load by import path (``pkg.module,other``):
+#: plugins that are not installed as a distribution (development, tests of a plugin, a
+#: subprocess that must see one). They load whatever FLOWLOG_LOAD_PLUGINS says.
+PLUGINS_ENV = "FLOWLOG_PLUGINS"
+
+
+def _env_modules() -> list[str]:
+    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     pm.check_pending()  # a built-in failing here is a flowlog bug: let it show as one
     if load_entrypoints:
         _load_entrypoints(pm)
+        _load_modules(pm)
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as e:
@@ -88,10 +103,30 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
             _invalid_plugin(ep.name, e)
 
 
+def _load_modules(pm: pluggy.PluginManager) -> None:
+    """The modules named by FLOWLOG_PLUGINS, registered under their import path."""
+    for name in _env_modules():
+        if pm.get_plugin(name) is not None or pm.is_blocked(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:
+            raise ConfigError(f"plugin module {name!r} named in {PLUGINS_ENV} failed to load "
+                              f"({type(e).__name__}: {e}); fix it or leave it out of {PLUGINS_ENV}") from None
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as e:
+            _invalid_plugin(name, e)
+        except ValueError:          # the same module object is already registered (an entry point)
+            continue
+
+
 def plugin_origin(name: str) -> str:
-    """Where a registered plugin came from: ``built-in``, or the distribution and version."""
+    """Where a registered plugin came from: ``built-in``, the distribution and version, or FLOWLOG_PLUGINS."""
     if name in DEFAULT_PLUGINS:
         return "built-in"
+    if name in _env_modules():
+        return PLUGINS_ENV
     for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT, name=name):
         if ep.dist:
             return f"{ep.dist.name} {ep.dist.version}"

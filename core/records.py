@@ -5,13 +5,16 @@ from __future__ import annotations
 from functools import lru_cache
 import ipaddress
 
+import numpy as np
+
 #: The 14 fields of a version-2 record, in order.
 V2_FIELDS: tuple[str, ...] = (
     "version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport",
     "protocol", "packets", "bytes", "start", "end", "action", "log-status",
 )
 #: Fields beyond version 2, available through ``--fields``.
-EXTRA_FIELDS: tuple[str, ...] = ("tcp-flags", "flow-direction", "type", "first-seen", "last-seen")
+EXTRA_FIELDS: tuple[str, ...] = ("tcp-flags", "flow-direction", "type", "first-seen", "last-seen",
+                                  "reject-reason")
 ALL_FIELDS: tuple[str, ...] = V2_FIELDS + EXTRA_FIELDS
 
 #: Fields whose values are numbers (JSON writes them as numbers, tables align them right).
@@ -26,12 +29,12 @@ class Record:
 
     __slots__ = ("account_id", "interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
                  "packets", "bytes", "start", "end", "action", "log_status", "tcp_flags",
-                 "flow_direction", "type", "first_seen", "last_seen")
+                 "flow_direction", "type", "first_seen", "last_seen", "reject_reason")
 
     def __init__(self, account_id, interface_id, srcaddr=None, dstaddr=None, srcport=None, dstport=None,
                  protocol=None, packets=None, bytes=None, start=None, end=None, action=None,
                  log_status="OK", tcp_flags=None, flow_direction=None, type=None,
-                 first_seen=None, last_seen=None):
+                 first_seen=None, last_seen=None, reject_reason=None):
         self.account_id = account_id
         self.interface_id = interface_id
         self.srcaddr = srcaddr
@@ -50,6 +53,8 @@ class Record:
         self.type = type
         self.first_seen = first_seen     # (sec, nsec) or None
         self.last_seen = last_seen
+        #: which policy stage and rule rejected the flow (``acl:ingress:2``); None when accepted
+        self.reject_reason = reject_reason
 
     def get(self, field: str):
         """The value of a field by its record name (``srcaddr``, ``log-status``, ...)."""
@@ -105,19 +110,26 @@ KIND_OK, KIND_NODATA, KIND_SKIPDATA = 0, 1, 2
 _STATUS = {KIND_OK: "OK", KIND_NODATA: "NODATA", KIND_SKIPDATA: "SKIPDATA"}
 
 
+ACTION_ACCEPT, ACTION_REJECT = 0, 1
+
+
 class RecordBatch:
     """The records of one emission as columns; :meth:`records` gives them as :class:`Record` objects.
 
     ``kind`` is KIND_OK, KIND_NODATA or KIND_SKIPDATA; addresses are 64-bit halves as in
     :mod:`flowlog.core.decode`; ``bytes`` is -1 where unknown; ``fs``/``fns`` and
     ``ls``/``lns`` are the first and last packet times (seconds, nanoseconds).
+    ``action`` (int8) is ACTION_ACCEPT or ACTION_REJECT per row (all ACCEPT unless given;
+    meaningless for NODATA and SKIPDATA rows); ``reasons`` is None, or per row the
+    ``reject-reason`` of the flow (None for accepted flows).
     """
 
     COLUMNS = ("kind", "iface", "fam", "shi", "slo", "dhi", "dlo", "sport", "dport", "proto", "packets",
                "bytes", "start", "end", "flags", "fs", "fns", "ls", "lns")
-    __slots__ = COLUMNS + ("interfaces", "account_id", "compiled", "addresses")
+    __slots__ = COLUMNS + ("interfaces", "account_id", "compiled", "addresses", "action", "reasons")
 
-    def __init__(self, interfaces, account_id, compiled: bool = False, addresses=None, **columns):
+    def __init__(self, interfaces, account_id, compiled: bool = False, addresses=None, action=None,
+                 reasons=None, **columns):
         self.interfaces = interfaces
         self.account_id = account_id
         #: interface index -> set of its own addresses as (family, hi, lo): gives flow-direction
@@ -126,26 +138,43 @@ class RecordBatch:
         self.compiled = compiled
         for name in self.COLUMNS:
             setattr(self, name, columns[name])
+        self.action = np.zeros(len(self.kind), np.int8) if action is None else action
+        self.reasons = reasons
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    def select(self, index) -> "RecordBatch":
+        """A batch of the rows ``index`` picks (an array of row numbers, or a boolean mask)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        reasons = None if self.reasons is None else [self.reasons[i] for i in index.tolist()]
+        return RecordBatch(self.interfaces, self.account_id, compiled=self.compiled, addresses=self.addresses,
+                           action=self.action[index], reasons=reasons,
+                           **{c: getattr(self, c)[index] for c in self.COLUMNS})
 
     def records(self) -> list[Record]:
         acct = self.account_id
         names = self.interfaces
         out = []
         cols = [getattr(self, c).tolist() for c in self.COLUMNS]
-        for kind, iface, fam, shi, slo, dhi, dlo, sp, dp, pr, pk, by, start, end, fl, fs, fns, ls, lns in zip(*cols):
+        actions = self.action.tolist()
+        reasons = self.reasons if self.reasons is not None else [None] * len(actions)
+        for (kind, iface, fam, shi, slo, dhi, dlo, sp, dp, pr, pk, by, start, end, fl, fs, fns, ls, lns), act, why \
+                in zip(zip(*cols), actions, reasons):
             name = names[iface]
             if kind == KIND_OK:
                 own = self.addresses.get(iface)
                 direction = None
-                if own:
-                    direction = ("ingress" if (fam, dhi, dlo) in own else
-                                 "egress" if (fam, shi, slo) in own else None)
+                if own:   # a flow both from and to the interface's own addresses is egress, as the policy judges it
+                    direction = ("egress" if (fam, shi, slo) in own else
+                                 "ingress" if (fam, dhi, dlo) in own else None)
                 out.append(Record(acct, name, format_addr(fam, shi, slo), format_addr(fam, dhi, dlo), sp, dp, pr,
-                                  pk, by, start, end, "ACCEPT", "OK", tcp_flags=fl, flow_direction=direction,
-                                  type="IPv4" if fam == 4 else "IPv6", first_seen=(fs, fns), last_seen=(ls, lns)))
+                                  pk, by, start, end, "REJECT" if act == ACTION_REJECT else "ACCEPT", "OK",
+                                  tcp_flags=fl, flow_direction=direction, type="IPv4" if fam == 4 else "IPv6",
+                                  first_seen=(fs, fns), last_seen=(ls, lns),
+                                  reject_reason=why if act == ACTION_REJECT else None))
             elif kind == KIND_NODATA:
                 out.append(Record(acct, name, start=start, end=end, log_status="NODATA"))
             else:

@@ -12,6 +12,7 @@ from . import jit
 from .api import Sink, Source, SourceContext
 from .bpf import BpfFilter
 from .decode import decode_batch
+from .delivery import DeliveryOptions, DeliveryReport, finish, wrap
 from .errors import ConfigError, OutputClosed
 from .frames import FrameBatch
 from .merge import merge
@@ -38,8 +39,17 @@ class RunOptions:
     compiled: bool | None = None
     #: stop after this many seconds of wall-clock time
     duration: float | None = None
+    #: network sinks: the spool, its bound and policy, the drain at the end (flowlog.core.delivery)
+    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
+    #: security groups and network ACL (flowlog.core.policy.Policy) that set ACCEPT/REJECT, or None
+    policy: object | None = None
+    #: which records are written: "accept", "reject" or "all" (NODATA and SKIPDATA always are)
+    traffic_type: str = "all"
+    #: the interfaces' own addresses (text), for flow-direction and the policy: every interface of the run
+    interface_addresses: tuple = ()
 
     def check(self) -> None:
+        self.delivery.check()
         if not 1 <= self.window <= MAX_WINDOW:
             raise ConfigError(f"--window must be from 1 to {MAX_WINDOW} seconds")
         if self.lateness < 0:
@@ -52,6 +62,8 @@ class RunOptions:
             raise ConfigError("-c/--count must be at least 1")
         if self.timestamps not in ("window", "first-last"):
             raise ConfigError("--timestamps is 'window' or 'first-last'")
+        if self.traffic_type not in ("accept", "reject", "all"):
+            raise ConfigError("--traffic-type is 'accept', 'reject' or 'all'")
         for what, value in (("--account-id", self.account_id), ("--interface-id", self.default_interface_id),
                             *(("--interface-id", v) for v in self.interface_ids.values())):
             if value is not None and (not value or any(c.isspace() for c in value)):
@@ -70,10 +82,17 @@ class RunResult:
     interrupted: bool = False
     #: capturing sources' counters (received, dropped by the kernel, ...), summed
     capture: dict = field(default_factory=dict)
+    #: network sinks: what each delivered, and what waits in its spool
+    delivery: list[DeliveryReport] = field(default_factory=list)
+    #: with a policy or --traffic-type: flows judged, rejected, replies left out, records not written
+    policy: dict | None = None
 
     @property
     def status(self) -> int:
-        """0: all input read; 1: records written, but some input was damaged."""
+        """0: all input read; 1: records written, but some input was damaged; 3: records were
+        produced but some wait in the spool (or were refused or dropped): 3 wins over 1."""
+        if any(d.undelivered for d in self.delivery):
+            return 3
         return 1 if self.damage else 0
 
 
@@ -91,6 +110,7 @@ class Run:
                                  interface_ids=options.interface_ids,
                                  default_interface_id=options.default_interface_id, warn=warn)
         self.ctx.window = options.window
+        self._warn = warn or (lambda m: None)
         self._progress = progress
         self._stop = False
         self._stop_at: float | None = None
@@ -102,6 +122,13 @@ class Run:
                                    max_flows=options.max_flows, account_id=options.account_id,
                                    timestamps=options.timestamps)
         self.meter: Meter | None = None
+        from .policy import parse_addresses
+
+        self._own = parse_addresses(options.interface_addresses)
+        self.policy_counts: dict | None = None
+        if options.policy is not None or options.traffic_type != "all":
+            self.policy_counts = options.policy.counters if options.policy is not None else {}
+            self.policy_counts.setdefault("traffic_filtered", 0)
 
     def link_iface(self) -> np.ndarray:
         self._refresh_links()
@@ -117,6 +144,7 @@ class Run:
         """Open every source and sink; errors here stop the run before any output. Once only."""
         if self.meter is not None or self._fanout is not None:
             return
+        self._wrap_sinks()
         workers = self._workers()
         if workers > 1:
             self._open_fanout(workers)
@@ -145,6 +173,19 @@ class Run:
                     self._filter.program(link.linktype)
         for k in self.sinks:
             k.open()
+
+    def _wrap_sinks(self) -> None:
+        """Network sinks (DeliverySink) get the delivery layer: spool, retries, drain at the end."""
+        for k in self.sinks:
+            k.options.window = self.options.window
+        self.sinks = wrap(self.sinks, self.options.delivery, window=self.options.window, warn=self._warn,
+                          stopping=lambda: self._stop)
+
+    def _finish_delivery(self, result: RunResult) -> None:
+        """Drain the network sinks for up to --drain-timeout seconds; what stays is reported."""
+        stopped_before = self._stop             # a signal that comes during the wait ends it
+        result.delivery = finish(self.sinks, self.options.delivery.drain_timeout, self._warn,
+                                 abort=lambda: self._stop and not stopped_before)
 
     def _workers(self) -> int:
         """Worker processes the sources ask for (ring: --workers); more than one needs one such source."""
@@ -185,7 +226,8 @@ class Run:
 
     def _run_fanout(self, started: float) -> RunResult:
         fanout = self._fanout
-        result = RunResult(fanout.result.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage)
+        result = RunResult(fanout.result.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage,
+                           policy=self.policy_counts)
         deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
 
         def should_stop() -> bool:
@@ -209,6 +251,7 @@ class Run:
                 k.close()
         except OutputClosed:
             result.output_closed = True
+        self._finish_delivery(result)
         result.elapsed = time.monotonic() - started
         return result
 
@@ -221,7 +264,8 @@ class Run:
         self.open()
         if self._fanout is not None:
             return self._run_fanout(started)
-        result = RunResult(self.meter.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage)
+        result = RunResult(self.meter.stats, self.ctx.interfaces, self.ctx.warnings, self.ctx.damage,
+                           policy=self.policy_counts)
         try:
             try:
                 self._loop(result)
@@ -237,6 +281,7 @@ class Run:
                 s.commit(None, None, self._consumed)
         except OutputClosed:
             result.output_closed = True
+        self._finish_delivery(result)
         result.elapsed = time.monotonic() - started
         return result
 
@@ -259,7 +304,7 @@ class Run:
         self._consumed = None
         deadline = None if self.options.duration is None else time.monotonic() + self.options.duration
         total = sum(s.size_hint() or 0 for s in self.sources) or None
-        for batch in self._streams():
+        for batch in self._with_drain(self._streams(), result):
             self._refresh_links()
             if self._filter is not None and len(batch) and not all(s.applies_filter for s in self.sources):
                 before = len(batch)
@@ -282,21 +327,49 @@ class Run:
             if emitted is not None:
                 for s in self.sources:
                     s.commit(emitted, self.meter.agg.horizon)
-            if deadline is not None and time.monotonic() >= deadline:
-                result.interrupted = True
-                break
             if self._progress is not None:
                 self._progress(sum(s.progress() for s in self.sources), total)
             if remaining == 0:
                 break
-            if self._stop:
-                result.interrupted = True
+            if self._stop or (deadline is not None and time.monotonic() >= deadline):
+                result.interrupted = True       # (_with_drain ends the stream after the drain)
+
+    def _with_drain(self, stream, result: RunResult):
+        """The sources' batches; when the run is stopped (signal, --duration), then what the sources
+        had already captured (Source.drain), so that a stop does not lose it."""
+        for batch in stream:
+            yield batch
+            if result.interrupted:
                 break
+        if result.interrupted:
+            for s in self.sources:
+                yield from s.drain()
 
     def _deliver(self, batches) -> None:
         for batch in batches:
+            had = len(batch)
+            batch = self._judge(batch)
+            if had and not len(batch):         # every record of it left out (policy, --traffic-type)
+                continue
             for k in self.sinks:
                 k.write_batch(batch)
+
+    def _judge(self, batch):
+        """The interfaces' addresses (flow-direction), the policy's ACCEPT/REJECT and --traffic-type."""
+        if self._own:
+            own = self.ctx.addresses
+            for i in range(len(batch.interfaces)):
+                own.setdefault(i, set()).update(self._own)
+            batch.addresses = own
+        if self.options.policy is not None:
+            batch = self.options.policy.apply(batch)
+        if self.options.traffic_type != "all":
+            from .policy import filter_traffic
+
+            before = len(batch)
+            batch = filter_traffic(batch, self.options.traffic_type)
+            self.policy_counts["traffic_filtered"] += before - len(batch)
+        return batch
 
 
 def run_batches(batches, linktypes: Sequence[int], interfaces: Sequence[str], **meter_options):

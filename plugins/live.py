@@ -48,6 +48,8 @@ BATCH_FRAMES = 32768
 BATCH_SECONDS = 0.1
 #: frames taken from libpcap per call
 CHUNK = 4096
+#: at a stop, how long flowlog keeps taking what libpcap already holds
+DRAIN_SECONDS = 0.5
 
 # pcap_activate()'s results (pcap/pcap.h)
 _ACTIVATE_ERRORS = {
@@ -165,6 +167,29 @@ class LiveSource(Source):
                 due = now + BATCH_SECONDS
             elif n <= 0:
                 wait([fd], [], [], max(0.0, due - now))
+
+    def drain(self):
+        """What libpcap's buffer holds now (without waiting), as one last batch."""
+        if self.pcap is None:
+            return
+        import pcapy
+
+        hdrs: list = []
+        datas: list = []
+
+        def take(hdr, data):
+            hdrs.append(hdr)
+            datas.append(data)
+
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while len(hdrs) < BATCH_FRAMES and time.monotonic() < deadline:
+            try:
+                if self.pcap.dispatch(CHUNK, take) <= 0:
+                    break
+            except pcapy.PcapError:
+                break
+        if hdrs:
+            yield self._batch(hdrs, datas, self.link)
 
     def _batch(self, hdrs: list, datas: list, link: int) -> FrameBatch:
         n = len(hdrs)

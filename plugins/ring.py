@@ -297,6 +297,21 @@ class RingSource(Source):
                 batch.losses.append(Loss(int(time.time()), self.link, drops, None))
             yield batch
 
+    def drain(self):
+        """The blocks the kernel has handed over but no batch has read yet (at most one ring's worth)."""
+        if self.sock is None:
+            return
+        for _ in range(self.blocks):
+            self._release()
+            batch = self._take()
+            if batch is None:
+                break
+            _, drops, _ = self._read_stats()
+            if drops:
+                batch.losses.append(Loss(int(time.time()), self.link, drops, None))
+            yield batch
+        self._release()
+
     def capture_stats(self) -> dict[str, int] | None:
         if self.sock is not None:
             _, drops, _ = self._read_stats()

@@ -31,6 +31,7 @@ from flowlog.core.records import EXTRA_FIELDS, V2_FIELDS
 MAN = Path(__file__).resolve().parent.parent / "man"
 PAGES = sorted(p for p in MAN.glob("*.[1-9]") if p.is_file())
 MAIN_PAGE = MAN / "flowlog.1"
+PLUGINS_PAGE = MAN / "flowlog-plugins.7"
 
 
 # -- a little troff reader --------------------------------------------------------------------
@@ -178,10 +179,14 @@ def _sections_for(ctx: click.Context) -> list[Section]:
     if ctx.parent is None:
         page = MAN / f"{path}.1"
         return [s for s in read_page(page) if s.level == "SH" and s.heading == "OPTIONS"] if page.exists() else []
-    own = [p for p in PAGES if p.stem == path.replace(" ", "-")]
+    own = [p for p in PAGES if p.stem == path.replace(" ", "-") and p.suffix == ".1"]   # not flowlog-plugins.7
     if own:
         return read_page(own[0])
-    return [s for s in _all_sections() if s.heading == path or s.heading.startswith(path + " ")]
+    # a group's own section, not those of its subcommands ("flowlog spool" and "flowlog spool retry ...")
+    subs = [f"{path} {name}" for name in (ctx.command.list_commands(ctx) if isinstance(ctx.command, click.Group)
+                                          else ())]
+    return [s for s in _all_sections() if (s.heading == path or s.heading.startswith(path + " "))
+            and not any(s.heading == sub or s.heading.startswith(sub + " ") for sub in subs)]
 
 
 def _item_for(sections: list[Section], names: list[str]) -> Item | None:
@@ -196,6 +201,26 @@ def _item_for(sections: list[Section], names: list[str]) -> Item | None:
 
 def test_pages_exist():
     assert MAIN_PAGE in PAGES, f"{MAIN_PAGE} is missing"
+    assert PLUGINS_PAGE in PAGES, f"{PLUGINS_PAGE} is missing"
+
+
+def test_plugins_page_documents_the_hooks_and_the_delivery_contract():
+    """flowlog-plugins.7 names every hook, and every part of the contract a network sink relies on."""
+    import dataclasses
+
+    from flowlog.core import api, hookspecs
+
+    text = " ".join(s.heading + " " + s.text + " " + " ".join(it.tag + " " + it.text for it in s.items)
+                    for s in read_page(PLUGINS_PAGE))
+    hooks = [n for n, f in vars(hookspecs).items() if hasattr(f, f"{hookspecs.PROJECT}_spec")]
+    names = [*hooks, "Source", "Sink", "DeliverySink", "SinkOptions", "Answer", "BatchMeta",
+             *(f"Verdict.{v.name}" for v in api.Verdict),
+             *(f.name for f in dataclasses.fields(api.Answer)), *(f.name for f in dataclasses.fields(api.BatchMeta)),
+             *(f.name for f in dataclasses.fields(api.SinkOptions)),
+             "encode", "send", "spool_key", "max_items", "max_bytes", "refuse_secrets", "redact",
+             "FLOWLOG_PLUGINS", "FLOWLOG_LOAD_PLUGINS", "FLOWLOG_RETRY_BASE", "FLOWLOG_RETRY_MAX"]
+    missing = [n for n in names if n not in text]
+    assert not missing, f"{PLUGINS_PAGE.name} does not mention {missing}"
 
 
 @pytest.mark.parametrize("ctx", COMMANDS, ids=[c.command_path for c in COMMANDS])

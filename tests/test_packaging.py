@@ -130,6 +130,8 @@ def test_wheel_holds_every_module(wheel):
     assert not [n for n in names if n.startswith(("tests/", "cli/", "core/", "plugins/"))]
     assert "flowlog = flowlog.cli.main:main" in entry_points
     assert any(n.endswith(".data/data/share/man/man1/flowlog.1") for n in names), "the man page is not installed"
+    assert any(n.endswith(".data/data/share/man/man7/flowlog-plugins.7") for n in names), \
+        "flowlog-plugins.7 is not installed"
 
 
 def test_wheel_runs_on_its_own(wheel, tmp_path):

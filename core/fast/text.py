@@ -14,6 +14,7 @@ from ..records import KIND_NODATA, KIND_OK, RecordBatch
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _ACCEPT = np.frombuffer(b"ACCEPT", np.uint8)
+_REJECT = np.frombuffer(b"REJECT", np.uint8)
 _OK = np.frombuffer(b"OK", np.uint8)
 _NODATA = np.frombuffer(b"NODATA", np.uint8)
 _SKIPDATA = np.frombuffer(b"SKIPDATA", np.uint8)
@@ -116,7 +117,7 @@ def _addr(out, pos, fam, hi, lo):
 
 
 @kernel
-def _text(kind, iface, fam, shi, slo, dhi, dlo, sport, dport, proto, packets, nbytes, start, end,
+def _text(kind, iface, fam, shi, slo, dhi, dlo, sport, dport, proto, packets, nbytes, start, end, action,
           names, name_off, acct, out):
     pos = 0
     for i in range(len(kind)):
@@ -169,7 +170,7 @@ def _text(kind, iface, fam, shi, slo, dhi, dlo, sport, dport, proto, packets, nb
         out[pos] = SPACE
         pos += 1
         if kd == KIND_OK:
-            pos = _put(out, pos, _ACCEPT)
+            pos = _put(out, pos, _REJECT if action[i] == 1 else _ACCEPT)
             out[pos] = SPACE
             pos = _put(out, pos + 1, _OK)
         else:
@@ -206,7 +207,7 @@ def text_v2_chunks(batch: RecordBatch):
     cols = (batch.kind, batch.iface.astype(u), batch.fam.astype(u), batch.shi.view(u), batch.slo.view(u),
             batch.dhi.view(u), batch.dlo.view(u), batch.sport.astype(u), batch.dport.astype(u),
             batch.proto.astype(u), batch.packets.astype(u), batch.bytes.astype(u), batch.start.astype(u),
-            batch.end.astype(u))
+            batch.end.astype(u), batch.action)
     for lo in range(0, n, CHUNK):
         used = _text(*(c[lo:lo + CHUNK] for c in cols), names, name_off, acct, out)
         yield out[:used].tobytes()

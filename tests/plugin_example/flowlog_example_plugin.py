@@ -2,22 +2,31 @@
 
 * ``tsv:/path/out.tsv``: a sink writing each record's 14 version-2 fields, tab-separated;
 * ``synth:``: a source generating a few fixed Ethernet/IPv4/UDP frames (three DNS
-  queries and their answers), to try a pipeline without a capture file.
+  queries and their answers), to try a pipeline without a capture file;
+* ``post+http://HOST:PORT/PATH``: a network sink POSTing each batch as JSON Lines. It only
+  encodes records and classifies answers; flowlog's delivery layer gives it the spool,
+  retries, splitting and draining (it has no code of its own for any of that).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 
-from flowlog.core.api import Sink, Source
+from flowlog.core.api import Answer, DeliverySink, Sink, Source, Verdict
 from flowlog.core.errors import ConfigError, SinkError
 from flowlog.core.frames import FrameBatch
 from flowlog.core.hookspecs import hookimpl
+from flowlog.core.http import HttpClient, TransportError
+from flowlog.core.records import ALL_FIELDS
+from flowlog.core.uri import refuse_secrets
 
 
 @hookimpl
 def register_sinks(register):
     register(TsvSink)
+    register(PostSink)
 
 
 @hookimpl
@@ -49,6 +58,60 @@ class TsvSink(Sink):
 
     def close(self) -> None:
         self.file.close()
+
+
+class PostSink(DeliverySink):
+    """Each batch POSTed as JSON Lines; the server's answer says what became of it.
+
+    A 200 answer may carry ``{"pending": [i, ...], "rejected": {"i": "why"}}`` for items it did
+    not take; 429 and 503 (with Retry-After) and other 5xx are retried, 413 and 422 split the
+    batch, 401/403/404 stop the sink. A bearer token comes from POST_SINK_TOKEN, never the URI.
+    """
+
+    scheme = "post+http"
+    description = "batches of records POSTed as JSON Lines (post+http://HOST:PORT/PATH)"
+    max_items = int(os.environ.get("POST_SINK_MAX_ITEMS", "500"))
+    max_bytes = 1 << 20
+
+    def __init__(self, uri, options):
+        super().__init__(uri, options)
+        refuse_secrets(uri, "POST_SINK_TOKEN")
+        if not uri.netloc:
+            raise ConfigError(f"{uri}: expected post+http://HOST:PORT/PATH")
+        self.path = uri.path or "/"
+        self.token = os.environ.get("POST_SINK_TOKEN")
+        self.client = None
+
+    def open(self) -> None:
+        self.client = HttpClient("http://" + self.uri.netloc, timeout=float(os.environ.get("POST_SINK_TIMEOUT", "5")))
+
+    def encode(self, record) -> bytes:
+        return json.dumps({f: record.get(f) for f in ALL_FIELDS}, default=list).encode()
+
+    def send(self, items, meta) -> Answer:
+        headers = {"Content-Type": "application/x-ndjson", "X-Batch-Id": meta.batch_id,
+                   "X-Attempt": str(meta.attempt)}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            r = self.client.request("POST", self.path, b"\n".join(items), headers)
+        except TransportError as e:
+            return Answer(Verdict.RETRY, str(e))
+        if r.status == 200:
+            body = json.loads(r.body or b"{}")
+            return Answer(Verdict.OK, pending=body.get("pending", ()),
+                          rejected={int(k): v for k, v in body.get("rejected", {}).items()})
+        retry_after = r.header("retry-after")
+        if r.status in (429, 503) or r.status >= 500:
+            return Answer(Verdict.RETRY, f"HTTP {r.status}",
+                          retry_after=float(retry_after) if retry_after else None)
+        if r.status in (413, 422):
+            return Answer(Verdict.SPLIT, f"HTTP {r.status}")
+        return Answer(Verdict.FAIL, f"HTTP {r.status}: {r.body.decode(errors='replace')[:200]}")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
 
 class SynthSource(Source):
