@@ -83,6 +83,18 @@ class CorruptBatch(Exception):
     """A batch file that cannot be read back (a disk error, or a hand edit)."""
 
 
+def write_synced(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new (or truncated) file and fsync it: on disk when this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SpoolBusy(SinkError):
     """Another process (or another sink of this run) sends from the same spool directory."""
 
@@ -284,14 +296,7 @@ class SinkSpool:
     def _write_tmp(path: Path, data: bytes) -> Path:
         """``data`` in a temporary file next to ``path``, fsync'd; returns the temporary name."""
         tmp = path.with_name(f".tmp-{path.name}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(tmp, data, 0o600)
         return tmp
 
     def _write_file(self, path: Path, data: bytes) -> None:

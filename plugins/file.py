@@ -29,6 +29,7 @@ from flowlog.core.delivery import group_records
 from flowlog.core.errors import ConfigError, SinkError
 from flowlog.core.formats import Formatter
 from flowlog.core.hookspecs import hookimpl
+from flowlog.core.spool import write_synced
 
 #: File name extension by output format.
 EXTENSIONS = {"text": "log", "json": "jsonl", "csv": "csv", "table": "txt"}
@@ -162,14 +163,7 @@ class FileSink(Sink):
             data = buf.getvalue()
         tmp = self.path / f".{name}.tmp-{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(tmp, data, 0o644)
             n = 0
             while True:
                 final = self.path / (name if n == 0 else
