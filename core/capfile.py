@@ -97,9 +97,10 @@ def _open(path: str) -> BinaryIO:
 class CaptureFile:
     """One capture file, read as a stream of frame batches.
 
-    ``compiled``: walk classic pcap records with the compiled kernel
-    (:mod:`flowlog.core.fast.pcap`); None: when :func:`flowlog.core.jit.wanted` says so for
-    the file's size. Both walks give the same batches; pcapng is always walked in Python.
+    ``compiled``: walk the records with the compiled kernels (:mod:`flowlog.core.fast.pcap`,
+    :mod:`flowlog.core.fast.pcapng`); None: when :func:`flowlog.core.jit.wanted` says so for
+    the file's size. Both walks give the same frames, damage and warnings (follow mode,
+    :meth:`poll`, always walks in Python).
     ``batch_frames``: most frames per batch (None: :data:`BATCH_FRAMES`, or
     :data:`BATCH_FRAMES_COMPILED` on the compiled path); a batch also ends where the data
     in the buffer does.
@@ -114,10 +115,10 @@ class CaptureFile:
         self.kind = sniff(path)
         self.size = os.path.getsize(path)
         if compiled is None:
-            compiled = self.kind == "pcap" and jit.wanted(self.size)
-        #: the compiled walk is used (classic pcap only)
-        self.compiled = bool(compiled) and self.kind == "pcap"
-        #: read and walk in a second thread (compiled classic pcap, default batch size)
+            compiled = jit.wanted(self.size)
+        #: the compiled walk is used
+        self.compiled = bool(compiled)
+        #: read and walk in a second thread (compiled walk, default batch size)
         self.prefetch = self.compiled and batch_frames is None
         if batch_frames is None:
             batch_frames = BATCH_FRAMES_COMPILED if self.compiled else BATCH_FRAMES
@@ -133,6 +134,8 @@ class CaptureFile:
         self._eof = False
         self._file_pos = 0   # offset in the (decompressed) file of _buf[0]
         self.normalised_timestamps = 0   # fraction past one second, carried into the seconds
+        #: pcapng: the time of the last frame handed on (a Simple Packet Block has none of its own)
+        self._last_ts = (0, 0)
         self._quiet = False
         #: follow mode: the end of the data is not the end of the file (see poll)
         self.follow = False
@@ -229,9 +232,12 @@ class CaptureFile:
             self._link = self.ctx.add_link(self.name, linktype & 0x0FFFFFFF)
             self._start = 24
         else:
+            # the section's interfaces, by interface id
             self._links: list[int] = []
             self._tsres: list[tuple[int, int]] = []   # (kind 10/2, exponent)
             self._tsoff: list[int] = []
+            self._snaplens: list[int] = []
+            self._tables = None                       # the same as arrays, for the compiled walk
             if not self._fill(12):
                 raise SourceError(f"{self.path}: not a capture file (pcapng header cut short)")
             self._read_shb(first=True)
@@ -261,34 +267,36 @@ class CaptureFile:
         if not self._fill(total):
             if first:
                 raise SourceError(f"{self.path}: not a capture file (pcapng section header cut short)")
+            self._truncated("a section header")
             return False
         self._start += total
-        self._links, self._tsres, self._tsoff = [], [], []
+        self._links, self._tsres, self._tsoff, self._snaplens = [], [], [], []
+        self._tables = None
         return True
 
-    def _read_idb(self, body: memoryview) -> None:
-        e = self._endian
-        if len(body) < 8:
-            self._damaged(f"{self.path}: interface description block too short at byte {self._offset()}")
-            return
-        linktype, _reserved, _snaplen = struct.unpack_from(e + "HHI", body, 0)
-        name = None
-        tsres = (10, 6)
-        tsoff = 0
-        for code, value in _options(body[8:], e):
-            if code == 2:
-                name = bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace") or None
-            elif code == 9 and len(value) >= 1:
-                v = value[0]
-                tsres = (2, v & 0x7F) if v & 0x80 else (10, v)
-            elif code == 14 and len(value) >= 8:
-                tsoff = struct.unpack_from(e + "q", value, 0)[0]
+    def _add_interface(self, name: str | None, linktype: int, tsres: tuple[int, int], tsoff: int,
+                       snaplen: int) -> None:
         index = len(self._links)
         if name is None:
             name = self.name if index == 0 else f"{self.name}-{index}"
         self._links.append(self.ctx.add_link(name, linktype))
         self._tsres.append(tsres)
         self._tsoff.append(tsoff)
+        self._snaplens.append(snaplen)
+        self._tables = None
+
+    def _other_block(self, btype: int, total: int) -> None:
+        """A whole block at _start that is not a good packet block: an interface, a message, or nothing."""
+        body = memoryview(self._buf)[self._start + 8:self._start + total - 4]
+        try:
+            events = _block_events(self.path, body, btype, total, self._endian, len(self._links), self._offset())
+        finally:
+            body.release()
+        for event in events:
+            if event[0] == "damaged":
+                self._damaged(event[1])
+            else:
+                self._add_interface(*event[1:])
 
     # -- frames --------------------------------------------------------------------------
     def progress(self) -> int:
@@ -307,7 +315,7 @@ class CaptureFile:
 
     def batches(self) -> Iterator[FrameBatch]:
         if self.compiled and self.prefetch:
-            return self._batches_prefetch()
+            return self._batches_prefetch() if self.kind == "pcap" else self._batches_prefetch_pcapng()
         if self.compiled:
             return self._batches_compiled()
         return self._batches_python()
@@ -442,6 +450,7 @@ class CaptureFile:
         off, cap, wire, sec, nsec, link = cols
         self.batch_base = self._file_pos
         self.frames += len(off)
+        self._last_ts = (sec[-1], nsec[-1])
         return FrameBatch(np.frombuffer(self._buf, np.uint8),
                           np.array(off, np.int64) - self._file_pos, np.array(cap, np.int64),
                           np.array(wire, np.int64), np.array(sec, np.int64), np.array(nsec, np.int64),
@@ -500,9 +509,10 @@ class CaptureFile:
         return True
 
     def _batches_compiled(self) -> Iterator[FrameBatch]:
+        walk = self._walk_pcap_compiled if self.kind == "pcap" else self._walk_pcapng_compiled
         try:
             while True:
-                batch, more = self._walk_pcap_compiled()
+                batch, more = walk()
                 if batch is not None:
                     yield batch
                 if not more:
@@ -552,10 +562,252 @@ class CaptureFile:
                          f"the file is corrupt from there, stopped reading it")
         return False
 
+    def _walk_pcapng_compiled(self) -> tuple[FrameBatch | None, bool]:
+        """:meth:`_walk_pcapng` with the good packet blocks taken by the compiled kernel: the same
+        batches. (the batch or None, whether more may follow)"""
+        from .fast.pcapng import FULL, walk_pcapng
+
+        first = True
+        n = room = 0
+        cols: tuple = ()
+        buf = None
+        last_sec, last_nsec = self._last_ts
+        while n < self.batch_frames:
+            if self._end - self._start >= 12:
+                if n == 0:
+                    # the buffer may have moved or grown since: view it afresh (with n > 0 it cannot
+                    # have: like _walk_pcapng, this refills only before the batch's first block)
+                    buf = np.frombuffer(self._buf, np.uint8)
+                    room = min(self.batch_frames, max(1, (self._end - self._start) // 16))
+                    cols = _columns(room)
+                start = self._start
+                n, self._start, status, last_sec, last_nsec = walk_pcapng(
+                    buf, start, self._end, self._endian == ">", *self._pcapng_tables(), MAX_RECORD,
+                    n, room, last_sec, last_nsec, *cols)
+                if self._start != start:
+                    first = False
+                if status == FULL:
+                    if n < self.batch_frames:        # not reached: a block is at least 16 bytes
+                        room = min(self.batch_frames, 2 * room)
+                        cols = tuple(np.concatenate((c, np.empty(room - len(c), c.dtype))) for c in cols)
+                    continue
+            # the block at _start is not one the kernel takes: as _walk_pcapng
+            if self._end - self._start < 12:
+                if not first:
+                    break
+                if not self._fill(12):
+                    if self._end > self._start:
+                        self._truncated("a block header")
+                    return self._compiled_batch(buf, cols, n), False
+                continue
+            btype, total = struct.unpack_from(self._endian + "II", self._buf, self._start)
+            if btype == PCAPNG_SHB:
+                if not first and n:
+                    break
+                if not self._read_shb():
+                    return self._compiled_batch(buf, cols, n), False
+                first = True
+                continue
+            if total < 12 or total % 4 or total > MAX_RECORD:
+                self._damaged(f"{self.path}: block at byte {self._offset()} has an impossible length "
+                                 f"({total}); the file is corrupt from there, stopped reading it")
+                return self._compiled_batch(buf, cols, n), False
+            if self._end - self._start < total:
+                if not first:
+                    break
+                if not self._fill(total):
+                    self._truncated("a block")
+                    return self._compiled_batch(buf, cols, n), False
+                continue
+            first = False
+            self._other_block(btype, total)
+            self._start += total
+        return self._compiled_batch(buf, cols, n), True
+
+    def _compiled_batch(self, buf, cols, n: int) -> FrameBatch | None:
+        if not n:
+            return None
+        off, cap, wire, sec, nsec, link = (c[:n] for c in cols)
+        self.batch_base = self._file_pos
+        self.frames += n
+        self._last_ts = (int(sec[-1]), int(nsec[-1]))
+        return FrameBatch(buf, off, cap, wire, sec, nsec, link)
+
+    def _pcapng_tables(self) -> tuple:
+        if self._tables is None:
+            self._tables = _tables(self._links, self._tsres, self._tsoff, self._snaplens)
+        return self._tables
+
+    def _batches_prefetch_pcapng(self) -> Iterator[FrameBatch]:
+        """The compiled pcapng walk with reading and walking in a second thread (as
+        :meth:`_batches_prefetch`). The reader numbers the interfaces it meets itself; this
+        thread registers them (SourceContext.add_link) in file order and maps the numbers to
+        links before handing a batch on, so the context is only ever changed from here.
+        """
+        import queue
+        import threading
+
+        from .fast.pcapng import BLOCK, CORRUPT, FULL, walk_pcapng
+
+        bufs = [self._buf, bytearray(len(self._buf))]
+        free = [threading.Semaphore(1), threading.Semaphore(1)]
+        out: queue.Queue = queue.Queue(maxsize=4)
+        stop = threading.Event()
+        f = self._f
+        path = self.path
+        # the header was read into _buf by _open_header: what follows it is the first carry-over
+        carry = bytes(self._buf[self._start:self._end])
+        carry_pos = self._file_pos + self._start
+        links = np.array(self._links, np.int32)      # the reader's interface numbers -> links
+        first_section = (self._endian == ">", list(range(len(self._links))), list(self._tsres),
+                         list(self._tsoff), list(self._snaplens))
+        last = self._last_ts
+
+        def reader():
+            nonlocal carry, carry_pos
+            big, ids, tsres, tsoff, snaplens = first_section
+            tables = _tables(ids, tsres, tsoff, snaplens)
+            numbered = len(ids)
+            last_sec, last_nsec = last
+            which = 0
+            try:
+                eof = False
+                while not stop.is_set():
+                    free[which].acquire()
+                    if stop.is_set():
+                        return
+                    buf = bufs[which]
+                    need = max(len(carry) + 16, _pending_block(carry, big))
+                    if need > len(buf):
+                        buf = bufs[which] = bytearray(max(need, 2 * len(buf)))
+                    buf[:len(carry)] = carry
+                    filled = len(carry)
+                    base = carry_pos
+                    items: list = []
+                    while filled < len(buf) and not eof:
+                        try:
+                            got = f.readinto(memoryview(buf)[filled:])
+                        except (OSError, EOFError, lzma.LZMAError, zlib_error()) as e:
+                            items.append(("damaged", f"{path}: read error at byte {base + filled}: {e}"))
+                            got = 0
+                        if not got:
+                            eof = True
+                        filled += got or 0
+                    view = np.frombuffer(buf, np.uint8)
+                    start = n = room = 0
+                    cols: tuple = ()
+                    ended = False                      # damage: the file is not read further
+                    while True:
+                        if n == 0:
+                            room = min(self.batch_frames, max(1, (filled - start) // 16))
+                            cols = _columns(room)
+                        n, start, status, last_sec, last_nsec = walk_pcapng(
+                            view, start, filled, big, *tables, MAX_RECORD, n, room, last_sec, last_nsec, *cols)
+                        if status == FULL:
+                            items.append(FrameBatch(view, *(c[:n] for c in cols)))
+                            n = 0
+                            continue
+                        if status == CORRUPT:
+                            total = int.from_bytes(buf[start + 4:start + 8], "big" if big else "little")
+                            items.append(("damaged", f"{path}: block at byte {base + start} has an impossible "
+                                          f"length ({total}); the file is corrupt from there, stopped reading it"))
+                            ended = True
+                        elif status == BLOCK:
+                            order = "big" if big else "little"
+                            btype = int.from_bytes(buf[start:start + 4], order)
+                            if btype == PCAPNG_SHB:
+                                if filled - start < 16:
+                                    break                      # the rest comes with the next read
+                                bom = bytes(buf[start + 8:start + 12])
+                                nbig = bom == b"\x1a\x2b\x3c\x4d"
+                                total = int.from_bytes(buf[start + 4:start + 8], "big" if nbig else "little")
+                                if (not nbig and bom != b"\x4d\x3c\x2b\x1a") or total < 28 or total % 4 \
+                                        or total > MAX_RECORD:
+                                    items.append(("damaged", f"{path}: bad pcapng section header at byte "
+                                                  f"{base + start}; stopped reading"))
+                                    ended = True
+                                elif filled - start >= total:  # a new section: its byte order, no interfaces
+                                    big = nbig
+                                    ids, tsres, tsoff, snaplens = [], [], [], []
+                                    tables = _tables(ids, tsres, tsoff, snaplens)
+                                    start += total
+                                    continue
+                            else:
+                                total = int.from_bytes(buf[start + 4:start + 8], order)
+                                body = memoryview(buf)[start + 8:start + total - 4]
+                                try:
+                                    events = _block_events(path, body, btype, total, ">" if big else "<", len(ids),
+                                                           base + start)
+                                finally:
+                                    body.release()
+                                for event in events:
+                                    if event[0] == "damaged":
+                                        items.append(event)
+                                        continue
+                                    name, linktype, res, offset, snaplen = event[1:]
+                                    if name is None:
+                                        name = self.name if not ids else f"{self.name}-{len(ids)}"
+                                    items.append(("link", name, linktype))
+                                    ids.append(numbered)
+                                    numbered += 1
+                                    tsres.append(res)
+                                    tsoff.append(offset)
+                                    snaplens.append(snaplen)
+                                    tables = _tables(ids, tsres, tsoff, snaplens)
+                                start += total
+                                continue
+                        break                                  # NEED_MORE, damage, or a section header cut
+                    if n:
+                        items.append(FrameBatch(view, *(c[:n] for c in cols)))
+                    if ended:
+                        out.put((which, items, False))
+                        return
+                    carry = bytes(buf[start:filled])
+                    carry_pos = base + start
+                    if eof:
+                        if carry:
+                            what = ("a block header" if len(carry) < 12 else
+                                    "a section header" if carry[:4] == b"\x0a\x0d\x0d\x0a" else "a block")
+                            items.append(("damaged", f"{path}: cut short at byte {base + filled} inside {what} "
+                                          f"(file still being written, or truncated); read what came before"))
+                        out.put((which, items, False))
+                        return
+                    out.put((which, items, True))
+                    which ^= 1
+            except BaseException as e:    # noqa: BLE001 - handed to the caller's thread, raised there
+                out.put((which, [("error", e)], False))
+
+        thread = threading.Thread(target=reader, name=f"flowlog-read-{self.name}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                which, items, more = out.get()
+                for item in items:
+                    if isinstance(item, FrameBatch):
+                        item.link = links[item.link]
+                        self.frames += len(item)
+                        yield item
+                    elif item[0] == "link":
+                        links = np.append(links, np.int32(self.ctx.add_link(item[1], item[2]))).astype(np.int32)
+                    elif item[0] == "damaged":
+                        self._damaged(item[1])
+                    else:
+                        raise item[1]
+                free[which].release()
+                if not more:
+                    break
+        finally:
+            stop.set()
+            free[0].release()
+            free[1].release()
+            thread.join()
+            self.close()
+
     def _walk_pcapng(self, cols) -> bool:
+        """Walk blocks into ``cols``; True while more may follow."""
         off, cap, wire, sec_l, nsec_l, link_l = cols
         first = True
-        last_sec, last_nsec = 0, 0
+        buf = self._buf
         while len(off) < self.batch_frames:
             if self._end - self._start < 12:
                 if not first:
@@ -564,68 +816,63 @@ class CaptureFile:
                     if self._end > self._start:
                         self._truncated("a block header")
                     return False
+                buf = self._buf
             e = self._endian
-            btype, total = struct.unpack_from(e + "II", self._buf, self._start)
+            pos = self._start
+            btype, total = struct.unpack_from(e + "II", buf, pos)
             if btype == PCAPNG_SHB:
                 if not first and off:
                     return True
                 if not self._read_shb():
                     return False
+                buf = self._buf
                 first = True
                 continue
             if total < 12 or total % 4 or total > MAX_RECORD:
                 self._damaged(f"{self.path}: block at byte {self._offset()} has an impossible length "
                                  f"({total}); the file is corrupt from there, stopped reading it")
                 return False
-            if self._end - self._start < total:
+            if self._end - pos < total:
                 if not first:
                     return True
                 if not self._fill(total):
                     self._truncated("a block")
                     return False
+                buf = self._buf
+                pos = self._start
             first = False
-            body_start = self._start + 8
-            body = memoryview(self._buf)[body_start:self._start + total - 4]
-            try:
-                if btype == 6 or btype == 2:   # enhanced packet block, obsolete packet block
-                    if btype == 6:
-                        iface, hi, lo, caplen, wirelen = struct.unpack_from(e + "IIIII", body, 0)
-                    else:
-                        iface, _drops, hi, lo, caplen, wirelen = struct.unpack_from(e + "HHIIII", body, 0)
-                    if iface >= len(self._links):
-                        self._damaged(f"{self.path}: packet at byte {self._offset()} names interface {iface}, "
-                                         f"which the file never described; frame skipped")
-                    elif caplen > len(body) - 20:
-                        self._damaged(f"{self.path}: packet at byte {self._offset()} claims {caplen} captured "
-                                         f"bytes in a {total}-byte block; frame skipped")
-                    else:
-                        sec, nsec = self._timestamp(iface, (hi << 32) | lo)
-                        last_sec, last_nsec = sec, nsec
-                        off.append(self._file_pos + body_start + 20)
-                        cap.append(caplen)
-                        wire.append(wirelen)
-                        sec_l.append(sec)
-                        nsec_l.append(nsec)
-                        link_l.append(self._links[iface])
-                elif btype == 3:                 # simple packet block: interface 0, no timestamp
-                    if not self._links:
-                        self._damaged(f"{self.path}: simple packet block before any interface; frame skipped")
-                    else:
-                        wirelen = struct.unpack_from(e + "I", body, 0)[0]
-                        caplen = min(wirelen, len(body) - 4)
-                        off.append(self._file_pos + body_start + 4)
-                        cap.append(caplen)
-                        wire.append(wirelen)
-                        sec_l.append(sec_l[-1] if sec_l else last_sec)
-                        nsec_l.append(nsec_l[-1] if nsec_l else last_nsec)
-                        link_l.append(self._links[0])
-                elif btype == 1:
-                    self._read_idb(body)
-            except struct.error:
-                self._damaged(f"{self.path}: block at byte {self._offset()} is too short for its type; skipped")
-            finally:
-                body.release()
-            self._start += total
+            # good packet blocks here; everything else (and the messages) in _other_block
+            if (btype == 6 or btype == 2) and total >= 32:    # enhanced packet block, obsolete packet block
+                if btype == 6:
+                    iface, hi, lo, caplen, wirelen = struct.unpack_from(e + "IIIII", buf, pos + 8)
+                else:
+                    iface, _drops, hi, lo, caplen, wirelen = struct.unpack_from(e + "HHIIII", buf, pos + 8)
+                if iface < len(self._links) and caplen <= total - 32:
+                    sec, nsec = self._timestamp(iface, (hi << 32) | lo)
+                    off.append(self._file_pos + pos + 28)
+                    cap.append(caplen)
+                    wire.append(wirelen)
+                    sec_l.append(sec)
+                    nsec_l.append(nsec)
+                    link_l.append(self._links[iface])
+                    self._start = pos + total
+                    continue
+            elif btype == 3:                 # simple packet block: interface 0, the time of the frame before
+                if self._links and total >= 16:
+                    wirelen = struct.unpack_from(e + "I", buf, pos + 8)[0]
+                    caplen = min(wirelen, total - 16)
+                    if self._snaplens[0]:
+                        caplen = min(caplen, self._snaplens[0])
+                    off.append(self._file_pos + pos + 12)
+                    cap.append(caplen)
+                    wire.append(wirelen)
+                    sec_l.append(sec_l[-1] if sec_l else self._last_ts[0])
+                    nsec_l.append(nsec_l[-1] if nsec_l else self._last_ts[1])
+                    link_l.append(self._links[0])
+                    self._start = pos + total
+                    continue
+            self._other_block(btype, total)
+            self._start = pos + total
         return True
 
     def _timestamp(self, iface: int, units: int) -> tuple[int, int]:
@@ -641,6 +888,84 @@ class CaptureFile:
         if not 0 <= sec < MAX_SECONDS:
             return -1, 0          # unusable: the frame is counted as malformed
         return sec, nsec
+
+
+def _columns(n: int) -> tuple:
+    """Empty batch columns for ``n`` frames: off, caplen, wirelen, sec, nsec (int64), link (int32)."""
+    return (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int32))
+
+
+def _tables(links, tsres, tsoff, snaplens) -> tuple:
+    """A pcapng section's interfaces as :func:`flowlog.core.fast.pcapng.walk_pcapng` takes them."""
+    return (np.array(links, np.int32), np.array([b for b, _ in tsres], np.int64),
+            np.array([x for _, x in tsres], np.int64), np.array(tsoff, np.int64), np.array(snaplens, np.int64))
+
+
+def _pending_block(carry: bytes, big: bool) -> int:
+    """The length of the pcapng block ``carry`` starts with, when known and possible; else 0."""
+    if len(carry) < 12:
+        return 0
+    order = "big" if big else "little"
+    if carry[:4] == b"\x0a\x0d\x0d\x0a":
+        if len(carry) < 16 or carry[8:12] not in (b"\x1a\x2b\x3c\x4d", b"\x4d\x3c\x2b\x1a"):
+            return 0
+        order = "big" if carry[8:12] == b"\x1a\x2b\x3c\x4d" else "little"
+    total = int.from_bytes(carry[4:8], order)
+    return total if 12 <= total <= MAX_RECORD else 0
+
+
+def _block_events(path: str, body: memoryview, btype: int, total: int, e: str, interfaces: int,
+                  offset: int) -> list[tuple]:
+    """What a whole pcapng block that is not a good packet block means, for either walk.
+
+    ``body``: the block between its length fields; ``interfaces``: how many the section
+    has described; ``offset``: the block's file offset. Returns ``("damaged", message)``
+    and ``("interface", name or None, linktype, (10 or 2, exponent), if_tsoffset, snaplen)``
+    events, in order; other blocks (statistics, name resolution, custom...) mean nothing.
+    """
+    try:
+        if btype == 6 or btype == 2:   # enhanced packet block, obsolete packet block
+            if btype == 6:
+                iface, _hi, _lo, caplen, _wirelen = struct.unpack_from(e + "IIIII", body, 0)
+            else:
+                iface, _drops, _hi, _lo, caplen, _wirelen = struct.unpack_from(e + "HHIIII", body, 0)
+            if iface >= interfaces:
+                return [("damaged", f"{path}: packet at byte {offset} names interface {iface}, which the file "
+                                    f"never described; frame skipped")]
+            if caplen > len(body) - 20:
+                return [("damaged", f"{path}: packet at byte {offset} claims {caplen} captured bytes in a "
+                                    f"{total}-byte block; frame skipped")]
+            raise AssertionError(f"{path}: the good packet block at byte {offset} was not taken")
+        if btype == 3:                 # simple packet block: interface 0, no timestamp
+            if not interfaces:
+                return [("damaged", f"{path}: simple packet block before any interface; frame skipped")]
+            struct.unpack_from(e + "I", body, 0)
+            raise AssertionError(f"{path}: the good packet block at byte {offset} was not taken")
+        if btype == 1:
+            return [_interface(path, body, e, offset)]
+    except struct.error:
+        return [("damaged", f"{path}: block at byte {offset} is too short for its type; skipped")]
+    return []
+
+
+def _interface(path: str, body: memoryview, e: str, offset: int) -> tuple:
+    """An interface description block's event (see :func:`_block_events`)."""
+    if len(body) < 8:
+        return ("damaged", f"{path}: interface description block too short at byte {offset}")
+    linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", body, 0)
+    name = None
+    tsres = (10, 6)
+    tsoff = 0
+    for code, value in _options(body[8:], e):
+        if code == 2:
+            name = bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace") or None
+        elif code == 9 and len(value) >= 1:
+            v = value[0]
+            tsres = (2, v & 0x7F) if v & 0x80 else (10, v)
+        elif code == 14 and len(value) >= 8:
+            tsoff = struct.unpack_from(e + "q", value, 0)[0]
+    return ("interface", name, linktype, tsres, tsoff, snaplen)
 
 
 def _options(buf: memoryview, e: str):

@@ -5,7 +5,7 @@
   few hundred thousand random and mutated frames;
 * the classic pcap walk: :class:`CaptureFile` with ``compiled=True`` and ``False`` yields the
   same batches, damage and normalised-timestamp counts, also for cut files, corrupt records,
-  tiny buffers and compressed files;
+  tiny buffers and compressed files (pcapng: tests/test_fast_pcapng.py);
 * the compiled code is cached on disk: a second process does not compile.
 """
 
@@ -384,7 +384,7 @@ def _read(path, compiled: bool, **kw):
     """Everything CaptureFile hands on: batches as columns and frame bytes, damage, normalised count."""
     ctx = SourceContext()
     cf = CaptureFile(str(path), ctx, compiled=compiled, **kw)
-    assert cf.compiled == (compiled and cf.kind == "pcap")
+    assert cf.compiled == compiled
     batches = []
     for b in cf.batches():
         frames = b"".join(b.buf[o:o + c].tobytes() for o, c in zip(b.off.tolist(), b.caplen.tolist()))
@@ -509,13 +509,13 @@ def test_walk_first_time_and_choice(tmp_path, monkeypatch, data):
     for compiled in (True, False):
         cf = CaptureFile(str(p), SourceContext(), compiled=compiled)
         assert cf.first_time() == (7, 0)
-    # None: by size (flowlog.core.jit.wanted); pcapng is walked in Python
+    # None: by size (flowlog.core.jit.wanted), pcapng as pcap (tests/test_fast_pcapng.py)
     monkeypatch.setattr(jit, "JIT_MIN_BYTES", 1 << 40)
     assert not CaptureFile(str(p), SourceContext()).compiled
+    assert not CaptureFile(str(data / "captures" / "doq.pcapng"), SourceContext()).compiled
     monkeypatch.setattr(jit, "JIT_MIN_BYTES", 0)
     assert CaptureFile(str(p), SourceContext()).compiled
-    assert not CaptureFile(str(data / "captures" / "doq.pcapng"), SourceContext()).compiled
-    assert not CaptureFile(str(data / "captures" / "doq.pcapng"), SourceContext(), compiled=True).compiled
+    assert CaptureFile(str(data / "captures" / "doq.pcapng"), SourceContext()).compiled
 
 
 def test_walk_compiled_path_runs_the_kernel(tmp_path, monkeypatch):
@@ -538,17 +538,21 @@ _CACHE_PROBE = textwrap.dedent("""
     import numpy as np
     from flowlog.core import synth
     from flowlog.core.frames import FrameBatch
-    from flowlog.core.fast import decode as fd, pcap as fp
+    from flowlog.core.fast import decode as fd, pcap as fp, pcapng as fng
     from flowlog.core.fast.decode import decode_batch_fast
     from flowlog.core.fast.pcap import walk_pcap
+    from flowlog.core.fast.pcapng import walk_pcapng
 
     batch = FrameBatch.from_frames([(1, 0, synth.packet("192.0.2.1", "192.0.2.2", 6, 1, 2))])
     assert decode_batch_fast(batch, np.array([1])).sport.tolist() == [1]
     rec = np.frombuffer(b"\\x01\\0\\0\\0\\x02\\0\\0\\0\\x04\\0\\0\\0\\x04\\0\\0\\0abcd", np.uint8).copy()
     cols = [np.empty(4, np.int64) for _ in range(5)] + [np.empty(4, np.int32)]
     assert walk_pcap(rec, 0, len(rec), False, 1000, 16, 1 << 24, 0, 4, *cols)[:3] == (1, 20, 0)
+    spb = np.frombuffer(b"\\x03\\0\\0\\0\\x14\\0\\0\\0\\x04\\0\\0\\0abcd\\x14\\0\\0\\0", np.uint8).copy()
+    tables = [np.zeros(1, np.int32)] + [np.array([k], np.int64) for k in (10, 6, 0, 0)]
+    assert walk_pcapng(spb, 0, len(spb), False, *tables, 1 << 24, 0, 4, 0, 0, *cols)[:3] == (1, 20, 0)
     stats = {}
-    for mod in (fd, fp):
+    for mod in (fd, fp, fng):
         for name, obj in vars(mod).items():
             if hasattr(obj, "stats") and hasattr(obj, "signatures"):
                 stats[mod.__name__ + "." + name] = [sum(obj.stats.cache_hits.values()),
@@ -567,7 +571,8 @@ def test_kernels_are_cached_on_disk():
         assert out.returncode == 0, out.stderr
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     second = runs[1]
-    for name in ("flowlog.core.fast.decode.decode_into", "flowlog.core.fast.pcap.walk_pcap"):
+    for name in ("flowlog.core.fast.decode.decode_into", "flowlog.core.fast.pcap.walk_pcap",
+                 "flowlog.core.fast.pcapng.walk_pcapng"):
         hits, misses = second[name]
         assert hits >= 1 and misses == 0, f"{name} compiled again in a second process: {second}"
     compiled = {name: s for name, s in second.items() if s[1]}
