@@ -46,13 +46,15 @@ import os
 import re
 import secrets
 import socket
-import ssl
 import struct
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stand_in import Receiver, start  # noqa: E402  (the stand-ins' shared server, next to this file)
 
 FLAVORS = {
     "es6": ("Elasticsearch", "6.8.23", "7.7.3"),
@@ -646,36 +648,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": f"no control endpoint {method} {path}"})
 
 
-class Receiver:
-    """A running stand-in: ``url``, ``store``, ``close()``."""
-
-    def __init__(self, server: ThreadingHTTPServer, store: Store, scheme: str = "http"):
-        self.server = server
-        self.store = store
-        host, port = server.server_address[:2]
-        self.port = port
-        self.url = f"{scheme}://{host}:{port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def serve(host: str = "127.0.0.1", port: int = 0, verbose: bool = False, tls: tuple[str, str] | None = None,
           **settings) -> Receiver:
     """Start a stand-in on ``host:port`` (0: any free port) in a thread of its own; ``tls``: (certificate
     file, key file) to serve HTTPS."""
-    store = Store(**settings)
-    handler = type("BoundHandler", (Handler,), {"store": store, "verbose": verbose})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    if tls:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(*tls)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    return Receiver(server, store, "https" if tls else "http")
+    return start(Handler, Store(**settings), host, port, verbose, tls)
 
 
 def main(argv=None) -> None:

@@ -50,14 +50,16 @@ import json
 import os
 import re
 import socket
-import ssl
 import struct
 import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stand_in import Receiver, start  # noqa: E402  (the stand-ins' shared server, next to this file)
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -345,34 +347,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": f"no control endpoint {method} {path}"})
 
 
-class Receiver:
-    def __init__(self, server: ThreadingHTTPServer, store: Store, scheme: str = "http"):
-        self.server = server
-        self.store = store
-        host, port = server.server_address[:2]
-        self.port = port
-        self.url = f"{scheme}://{host}:{port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def serve(host: str = "127.0.0.1", port: int = 0, verbose: bool = False, tls: tuple[str, str] | None = None,
           **settings) -> Receiver:
     """Start a stand-in on ``host:port`` (0: any free port) in a thread of its own; ``tls``: (certificate
     file, key file) to serve HTTPS."""
-    store = Store(**settings)
-    handler = type("BoundHandler", (Handler,), {"store": store, "verbose": verbose})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    if tls:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(*tls)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    return Receiver(server, store, "https" if tls else "http")
+    return start(Handler, Store(**settings), host, port, verbose, tls)
 
 
 def main(argv=None) -> None:
