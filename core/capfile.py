@@ -408,6 +408,17 @@ class CaptureFile:
             except BaseException as e:    # noqa: BLE001 - handed to the caller's thread, raised there
                 out.put((which, [("error", e)], False))
 
+        yield from self._prefetched(reader, out, free, stop)
+
+    def _prefetched(self, reader, out, free, stop, links: np.ndarray | None = None) -> Iterator[FrameBatch]:
+        """Run ``reader`` in a second thread and hand on what it puts in ``out`` (the caller's side of
+        both prefetching walks): batches of frames, and messages — ``normalised`` timestamps, a
+        ``damaged`` file, an interface met (``link``: registered here, in file order), an ``error``
+        raised in the reader. ``links`` maps the reader's own interface numbers to links (pcapng).
+        ``free`` holds one semaphore per buffer: a buffer goes back to the reader once its batches
+        are handed on."""
+        import threading
+
         thread = threading.Thread(target=reader, name=f"flowlog-read-{self.name}", daemon=True)
         thread.start()
         try:
@@ -415,8 +426,12 @@ class CaptureFile:
                 which, items, more = out.get()
                 for item in items:
                     if isinstance(item, FrameBatch):
+                        if links is not None:
+                            item.link = links[item.link]
                         self.frames += len(item)
                         yield item
+                    elif item[0] == "link":
+                        links = np.append(links, np.int32(self.ctx.add_link(item[1], item[2]))).astype(np.int32)
                     elif item[0] == "normalised":
                         self.normalised_timestamps += item[1]
                     elif item[0] == "damaged":
@@ -777,31 +792,7 @@ class CaptureFile:
             except BaseException as e:    # noqa: BLE001 - handed to the caller's thread, raised there
                 out.put((which, [("error", e)], False))
 
-        thread = threading.Thread(target=reader, name=f"flowlog-read-{self.name}", daemon=True)
-        thread.start()
-        try:
-            while True:
-                which, items, more = out.get()
-                for item in items:
-                    if isinstance(item, FrameBatch):
-                        item.link = links[item.link]
-                        self.frames += len(item)
-                        yield item
-                    elif item[0] == "link":
-                        links = np.append(links, np.int32(self.ctx.add_link(item[1], item[2]))).astype(np.int32)
-                    elif item[0] == "damaged":
-                        self._damaged(item[1])
-                    else:
-                        raise item[1]
-                free[which].release()
-                if not more:
-                    break
-        finally:
-            stop.set()
-            free[0].release()
-            free[1].release()
-            thread.join()
-            self.close()
+        yield from self._prefetched(reader, out, free, stop, links)
 
     def _walk_pcapng(self, cols) -> bool:
         """Walk blocks into ``cols``; True while more may follow."""
